@@ -1,0 +1,53 @@
+# Thin wrapper over CMake + Ninja. The two commands a newcomer needs:
+#   make run    install build deps, build, start taskstreamd with a demo setup
+#   make test   install test deps, build (plain, ASan+UBSan, TSan), run the suite
+BUILD ?= build
+CC ?= gcc
+JOBS ?= $(shell nproc)
+
+.PHONY: all deps build run test test-plain test-asan test-tsan docs clean format
+
+all: build
+
+deps:
+	@scripts/deps.sh build
+
+build: deps
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	$(BUILD)/taskstreamd $(RUN_ARGS)
+
+docs: build
+	$(BUILD)/taskstreamd --help-markdown > docs/configuration.md
+
+test:
+	@scripts/deps.sh test
+	$(MAKE) test-plain test-asan test-tsan
+
+# gcc, -Werror, the whole suite.
+test-plain:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=gcc >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+	cd $(BUILD) && ctest --output-on-failure -j 2
+
+# clang with ASan+UBSan, the whole suite.
+test-asan:
+	cmake -S . -B $(BUILD)-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang \
+		-DSANITIZE=address,undefined >/dev/null
+	cmake --build $(BUILD)-asan -j $(JOBS)
+	cd $(BUILD)-asan && ctest --output-on-failure -j 2
+
+# clang with TSan, the threaded tests (unit and e2e).
+test-tsan:
+	cmake -S . -B $(BUILD)-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang \
+		-DSANITIZE=thread >/dev/null
+	cmake --build $(BUILD)-tsan -j $(JOBS)
+	cd $(BUILD)-tsan && ctest --output-on-failure -j 2 -L threaded
+
+clean:
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan
+
+format:
+	clang-format -i src/*.c src/*.h include/*.h tests/unit/*.c examples/*.c

@@ -1,0 +1,226 @@
+/*
+ * The public API's routes (DESIGN.md section 2): submit, list, read and
+ * cancel tasks, and follow a task's events over SSE.
+ *
+ * Handlers translate HTTP to the task service and back; every error is JSON
+ * {"error": code, "message": sentence} and says what is wrong and where.
+ * While draining, submissions get 503 with Retry-After (another instance
+ * should take them), and everything else keeps working: a client
+ * reconnecting to its task must find it.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "server.h"
+
+#define RETRY_AFTER_DRAINING "5"
+#define RETRY_AFTER_QUEUE_FULL "1"
+
+/* Optional API key. Returns true when the request may go on. */
+static bool
+api_authorized(struct ts_server *srv, struct ts_http_request *req, enum MHD_Result *ret)
+{
+    struct MHD_Response *resp;
+
+    if (srv->cfg.api_auth_key == NULL || ts_http_bearer_ok(req, srv->cfg.api_auth_key))
+        return true;
+    resp = ts_http_error_response("unauthorized",
+                                  "send the API key as \"Authorization: Bearer <key>\"");
+    if (resp != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                "Bearer realm=\"taskstream\"");
+    *ret = ts_http_queue(req, MHD_HTTP_UNAUTHORIZED, resp);
+    return false;
+}
+
+static enum MHD_Result
+reply_with_retry(struct ts_http_request *req, unsigned status, const char *retry_after,
+                 const char *code, const char *msg)
+{
+    struct MHD_Response *resp = ts_http_error_response(code, "%s", msg);
+
+    if (resp != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
+    return ts_http_queue(req, status, resp);
+}
+
+static bool
+is_json_type(const char *ctype)
+{
+    static const char json[] = "application/json";
+    size_t n = sizeof(json) - 1;
+
+    return ctype != NULL && strncasecmp(ctype, json, n) == 0 &&
+           (ctype[n] == '\0' || ctype[n] == ';' || ctype[n] == ' ');
+}
+
+static enum MHD_Result
+post_task(void *app, struct ts_http_request *req, const char *id)
+{
+    struct ts_server *srv = app;
+    struct ts_task *task;
+    struct MHD_Response *resp;
+    json_error_t jerr;
+    json_t *body;
+    const char *text;
+    char err[256], location[64];
+    enum MHD_Result ret;
+    size_t len;
+    int rc;
+
+    (void)id;
+    if (!api_authorized(srv, req, &ret))
+        return ret;
+    if (ts_drain_is_draining(&srv->drain))
+        return reply_with_retry(req, MHD_HTTP_SERVICE_UNAVAILABLE, RETRY_AFTER_DRAINING,
+                                "draining", "the server is draining; retry on another instance");
+    if (!is_json_type(ts_http_header(req, MHD_HTTP_HEADER_CONTENT_TYPE)))
+        return ts_http_reply_error(req, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
+                                   "send the task as Content-Type: application/json");
+    text = ts_http_body(req, &len);
+    body = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (body == NULL)
+        return ts_http_reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_json",
+                                   "invalid JSON at line %d, column %d: %s", jerr.line,
+                                   jerr.column, jerr.text);
+    if (!json_is_object(body)) {
+        json_decref(body);
+        return ts_http_reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid_task",
+                                   "the body must be a JSON object with a \"kind\"");
+    }
+
+    rc = ts_task_submit(srv->tasks, body, &task, err, sizeof(err));
+    json_decref(body);
+    switch (rc) {
+    case 0:
+        break;
+    case -ESHUTDOWN:
+        return reply_with_retry(req, MHD_HTTP_SERVICE_UNAVAILABLE, RETRY_AFTER_DRAINING,
+                                "draining", err);
+    case -EAGAIN:
+        return reply_with_retry(req, MHD_HTTP_TOO_MANY_REQUESTS, RETRY_AFTER_QUEUE_FULL,
+                                "queue_full", err);
+    case -ENOENT:
+        return ts_http_reply_error(req, MHD_HTTP_NOT_FOUND, "unknown_kind", "%s", err);
+    case -EINVAL:
+        return ts_http_reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid_parameters",
+                                   "%s", err);
+    default:
+        return ts_http_reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
+                                   "cannot create the task: %s", ts_strerror(rc));
+    }
+
+    snprintf(location, sizeof(location), "/v1/tasks/%s", ts_task_get_id(task));
+    resp = ts_http_json_response(ts_task_to_json(task));
+    ts_task_unref(task);
+    if (resp != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, location);
+    return ts_http_queue(req, MHD_HTTP_ACCEPTED, resp);
+}
+
+static enum MHD_Result
+get_tasks(void *app, struct ts_http_request *req, const char *id)
+{
+    struct ts_server *srv = app;
+    enum MHD_Result ret;
+
+    (void)id;
+    if (!api_authorized(srv, req, &ret))
+        return ret;
+    return ts_http_reply_json(req, MHD_HTTP_OK,
+                              json_pack("{s:o}", "tasks", ts_task_service_list(srv->tasks)));
+}
+
+/* The task named by the path, or NULL after answering 404. */
+static struct ts_task *
+find_task(struct ts_server *srv, struct ts_http_request *req, const char *id, enum MHD_Result *ret)
+{
+    struct ts_task *task = NULL;
+
+    if (ts_is_task_id(id))
+        task = ts_task_find(srv->tasks, id);
+    if (task == NULL)
+        *ret = ts_http_reply_error(req, MHD_HTTP_NOT_FOUND, "unknown_task",
+                                   "no task with id \"%.64s\" (ids are 32 lowercase hex digits; "
+                                   "finished tasks are kept for a while, then forgotten)",
+                                   id);
+    return task;
+}
+
+static enum MHD_Result
+get_task(void *app, struct ts_http_request *req, const char *id)
+{
+    struct ts_server *srv = app;
+    struct ts_task *task;
+    enum MHD_Result ret;
+
+    if (!api_authorized(srv, req, &ret))
+        return ret;
+    task = find_task(srv, req, id, &ret);
+    if (task == NULL)
+        return ret;
+    ret = ts_http_reply_json(req, MHD_HTTP_OK, ts_task_to_json(task));
+    ts_task_unref(task);
+    return ret;
+}
+
+static enum MHD_Result
+delete_task(void *app, struct ts_http_request *req, const char *id)
+{
+    struct ts_server *srv = app;
+    struct ts_task *task;
+    enum MHD_Result ret;
+
+    if (!api_authorized(srv, req, &ret))
+        return ret;
+    task = find_task(srv, req, id, &ret);
+    if (task == NULL)
+        return ret;
+    if (ts_task_cancel(srv->tasks, task) == -EALREADY)
+        ret = ts_http_reply_error(req, MHD_HTTP_CONFLICT, "already_finished",
+                                  "task %s has already finished", id);
+    else
+        ret = ts_http_reply_json(req, MHD_HTTP_ACCEPTED, ts_task_to_json(task));
+    ts_task_unref(task);
+    return ret;
+}
+
+static enum MHD_Result
+get_events(void *app, struct ts_http_request *req, const char *id)
+{
+    struct ts_server *srv = app;
+    struct MHD_Response *resp;
+    struct ts_task *task;
+    enum MHD_Result ret;
+    const char *lei;
+    uint64_t last_id = 0;
+    bool has_last_id;
+    unsigned status;
+
+    if (!api_authorized(srv, req, &ret))
+        return ret;
+    task = find_task(srv, req, id, &ret);
+    if (task == NULL)
+        return ret;
+    /* The header wins: it is what a reconnecting EventSource sends. */
+    lei = ts_http_header(req, "Last-Event-ID");
+    if (lei == NULL)
+        lei = ts_http_query(req, "last_event_id");
+    has_last_id = lei != NULL && ts_parse_last_event_id(lei, &last_id) == 0;
+
+    status = ts_sse_open(srv->sse, ts_http_connection(req), task, has_last_id, last_id, &resp);
+    ts_task_unref(task);
+    if (status == 0)
+        return MHD_NO;
+    return ts_http_queue(req, status, resp);
+}
+
+const struct ts_route ts_api_routes[] = {
+    {.name = "tasks", .pattern = "/v1/tasks", .get = get_tasks, .post = post_task,
+     .max_body = SIZE_MAX}, /* the configured cap is applied in server.c */
+    {.name = "task", .pattern = "/v1/tasks/{id}", .get = get_task, .del = delete_task},
+    {.name = "events", .pattern = "/v1/tasks/{id}/events", .get = get_events},
+};
+const size_t ts_api_nroutes = sizeof(ts_api_routes) / sizeof(ts_api_routes[0]);

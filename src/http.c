@@ -1,0 +1,650 @@
+/*
+ * HTTP listeners on libmicrohttpd (MHD).
+ *
+ * Each listener is an MHD daemon in epoll mode with every limit set
+ * explicitly: connection cap (MHD's default of 1020 is never used), per-IP
+ * cap, per-connection memory (which bounds the request line and headers:
+ * MHD answers 431/414 past it), idle timeout, and two limits MHD does not
+ * have: a request-body cap (ours, per route) and a deadline for the request
+ * headers. MHD's idle timeout restarts on every byte, so a client dripping
+ * one header byte a second would hold a connection forever; the housekeeping
+ * thread calls ts_http_enforce_deadlines(), which shuts down the socket of
+ * any connection whose headers are late. The deadline runs from accept, and
+ * again from the end of each keep-alive request.
+ *
+ * Requests are routed by a const table; a handler runs once the whole body
+ * is in. Every response goes through ts_http_queue(), which counts it in
+ * http_requests_total{listener,route,code} and, on a listener that asks for
+ * it, adds "Connection: close" while draining so keep-alive clients move to
+ * another instance.
+ *
+ * Threads: handlers and MHD callbacks run on MHD's threads. `conns_mu`
+ * guards the list of connections waiting for their headers, shared with the
+ * housekeeping thread; MHD calls the "closed" notification before it closes
+ * the socket, so a listed fd is always the connection's own.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "http.h"
+
+#define MAX_ID_LEN 64
+
+/* A connection, from accept to close; guarded by conns_mu. */
+struct conn_info {
+    struct conn_info *prev, *next; /* in the waiting list while awaiting headers */
+    int fd;
+    int64_t since_ns; /* accept, or end of the previous request */
+    bool waiting;     /* linked: headers not yet complete */
+};
+
+struct ts_http {
+    struct ts_http_config cfg;
+    char *name;
+    struct MHD_Daemon *daemon;
+    int port;
+    int listen_fd; /* valid until ts_http_stop() */
+
+    pthread_mutex_t conns_mu;
+    struct conn_info *waiting; /* connections whose headers are not in yet */
+};
+
+struct ts_http_request {
+    struct ts_http *http;
+    struct MHD_Connection *conn;
+    const char *method;
+    const struct ts_route *route; /* NULL: no route matched */
+    char id[MAX_ID_LEN + 1];      /* the {id} segment, "" when none */
+    bool has_id;
+    struct ts_buf body; /* capped at the route's and the listener's limit */
+    bool body_too_large;
+    bool answered;
+};
+
+/* ---- the header deadline ---- */
+
+static void
+link_waiting(struct ts_http *h, struct conn_info *ci)
+{
+    ci->prev = NULL;
+    ci->next = h->waiting;
+    if (h->waiting != NULL)
+        h->waiting->prev = ci;
+    h->waiting = ci;
+    ci->waiting = true;
+}
+
+static void
+unlink_waiting(struct ts_http *h, struct conn_info *ci)
+{
+    if (!ci->waiting)
+        return;
+    if (ci->prev != NULL)
+        ci->prev->next = ci->next;
+    else
+        h->waiting = ci->next;
+    if (ci->next != NULL)
+        ci->next->prev = ci->prev;
+    ci->prev = ci->next = NULL;
+    ci->waiting = false;
+}
+
+static void
+on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+              enum MHD_ConnectionNotificationCode code)
+{
+    struct ts_http *h = cls;
+    struct conn_info *ci;
+
+    if (h->cfg.header_timeout_ns <= 0)
+        return;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *info;
+
+        ci = calloc(1, sizeof(*ci));
+        if (ci == NULL)
+            return; /* this connection simply has no header deadline */
+        info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        ci->fd = info != NULL ? info->connect_fd : -1;
+        ci->since_ns = ts_clock_now_ns(&h->cfg.clock);
+        pthread_mutex_lock(&h->conns_mu);
+        link_waiting(h, ci);
+        pthread_mutex_unlock(&h->conns_mu);
+        *socket_context = ci;
+        return;
+    }
+    ci = *socket_context;
+    if (ci == NULL)
+        return;
+    pthread_mutex_lock(&h->conns_mu);
+    unlink_waiting(h, ci);
+    pthread_mutex_unlock(&h->conns_mu);
+    free(ci);
+    *socket_context = NULL;
+}
+
+static struct conn_info *
+conn_info_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *info;
+
+    info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return info != NULL ? info->socket_context : NULL;
+}
+
+static void
+headers_arrived(struct ts_http *h, struct MHD_Connection *conn)
+{
+    struct conn_info *ci = conn_info_of(conn);
+
+    if (ci == NULL)
+        return;
+    pthread_mutex_lock(&h->conns_mu);
+    unlink_waiting(h, ci);
+    pthread_mutex_unlock(&h->conns_mu);
+}
+
+static void
+request_finished(struct ts_http *h, struct MHD_Connection *conn)
+{
+    struct conn_info *ci = conn_info_of(conn);
+
+    if (ci == NULL)
+        return;
+    pthread_mutex_lock(&h->conns_mu);
+    if (!ci->waiting) {
+        ci->since_ns = ts_clock_now_ns(&h->cfg.clock);
+        link_waiting(h, ci);
+    }
+    pthread_mutex_unlock(&h->conns_mu);
+}
+
+unsigned
+ts_http_enforce_deadlines(struct ts_http *h)
+{
+    int64_t cutoff;
+    unsigned cut = 0;
+
+    if (h->cfg.header_timeout_ns <= 0)
+        return 0;
+    cutoff = ts_clock_now_ns(&h->cfg.clock) - h->cfg.header_timeout_ns;
+    pthread_mutex_lock(&h->conns_mu);
+    for (struct conn_info *ci = h->waiting, *next; ci != NULL; ci = next) {
+        next = ci->next;
+        if (ci->since_ns > cutoff || ci->fd < 0)
+            continue;
+        /* MHD sees the shutdown as a closed peer and cleans up on its own
+         * thread; we only stop tracking. */
+        shutdown(ci->fd, SHUT_RDWR);
+        unlink_waiting(h, ci);
+        cut++;
+    }
+    pthread_mutex_unlock(&h->conns_mu);
+    if (cut > 0)
+        ts_log(h->cfg.log, TS_LOG_INFO, "request headers too slow, connections closed",
+               TS_F_STR("listener", h->name), TS_F_UINT("count", cut), TS_F_END);
+    return cut;
+}
+
+/* ---- responses ---- */
+
+struct MHD_Connection *
+ts_http_connection(const struct ts_http_request *req)
+{
+    return req->conn;
+}
+
+const char *
+ts_http_method(const struct ts_http_request *req)
+{
+    return req->method;
+}
+
+const char *
+ts_http_body(const struct ts_http_request *req, size_t *len)
+{
+    *len = req->body.len;
+    return req->body.len > 0 ? req->body.data : "";
+}
+
+const char *
+ts_http_header(const struct ts_http_request *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *
+ts_http_query(const struct ts_http_request *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+bool
+ts_http_bearer_ok(const struct ts_http_request *req, const char *key)
+{
+    static const char prefix[] = "Bearer ";
+    const char *auth = ts_http_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
+
+    if (key == NULL || auth == NULL || strncasecmp(auth, prefix, sizeof(prefix) - 1) != 0)
+        return false;
+    auth += sizeof(prefix) - 1;
+    return ts_ct_equal(auth, strlen(auth), key, strlen(key));
+}
+
+enum MHD_Result
+ts_http_queue(struct ts_http_request *req, unsigned status, struct MHD_Response *resp)
+{
+    struct ts_http *h = req->http;
+    enum MHD_Result ret;
+    char code[8];
+
+    if (resp == NULL)
+        return MHD_NO; /* out of memory: MHD closes the connection */
+    if (h->cfg.close_when_draining && ts_drain_is_draining(&h->cfg.drain))
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    ret = MHD_queue_response(req->conn, status, resp);
+    MHD_destroy_response(resp);
+    req->answered = true;
+
+    if (h->cfg.requests_total != NULL) {
+        const char *labels[3] = {h->name, req->route != NULL ? req->route->name : "other", code};
+        struct ts_series *s;
+
+        snprintf(code, sizeof(code), "%u", status);
+        s = ts_family_series(h->cfg.requests_total, labels);
+        if (s != NULL)
+            ts_series_inc(s);
+    }
+    return ret;
+}
+
+struct MHD_Response *
+ts_http_json_response(json_t *body)
+{
+    struct MHD_Response *resp;
+    char *text;
+    size_t len;
+
+    text = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(body);
+    if (text == NULL)
+        return NULL;
+    len = strlen(text);
+    resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (resp == NULL) {
+        free(text);
+        return NULL;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    return resp;
+}
+
+enum MHD_Result
+ts_http_reply_json(struct ts_http_request *req, unsigned status, json_t *body)
+{
+    return ts_http_queue(req, status, ts_http_json_response(body));
+}
+
+static struct MHD_Response *
+verror_response(const char *code, const char *fmt, va_list ap)
+{
+    char msg[512];
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    return ts_http_json_response(json_pack("{s:s, s:s}", "error", code, "message", msg));
+}
+
+struct MHD_Response *
+ts_http_error_response(const char *code, const char *fmt, ...)
+{
+    struct MHD_Response *resp;
+    va_list ap;
+
+    va_start(ap, fmt);
+    resp = verror_response(code, fmt, ap);
+    va_end(ap);
+    return resp;
+}
+
+enum MHD_Result
+ts_http_reply_error(struct ts_http_request *req, unsigned status, const char *code,
+                    const char *fmt, ...)
+{
+    struct MHD_Response *resp;
+    va_list ap;
+
+    va_start(ap, fmt);
+    resp = verror_response(code, fmt, ap);
+    va_end(ap);
+    return ts_http_queue(req, status, resp);
+}
+
+/* ---- routing ---- */
+
+/* Match `path` against `pattern`; "{id}" takes one non-empty segment. */
+static bool
+match_route(const char *pattern, const char *path, char id[MAX_ID_LEN + 1], bool *has_id)
+{
+    *has_id = false;
+    while (*pattern != '\0' && *path != '\0') {
+        if (strncmp(pattern, "{id}", 4) == 0) {
+            size_t n = strcspn(path, "/");
+
+            if (n == 0 || n > MAX_ID_LEN)
+                return false;
+            memcpy(id, path, n);
+            id[n] = '\0';
+            *has_id = true;
+            pattern += 4;
+            path += n;
+            continue;
+        }
+        if (*pattern != *path)
+            return false;
+        pattern++;
+        path++;
+    }
+    return *pattern == '\0' && *path == '\0';
+}
+
+static const struct ts_route *
+find_route(const struct ts_http *h, const char *url, struct ts_http_request *req)
+{
+    for (size_t i = 0; i < h->cfg.nroutes; i++) {
+        if (match_route(h->cfg.routes[i].pattern, url, req->id, &req->has_id))
+            return &h->cfg.routes[i];
+    }
+    req->id[0] = '\0';
+    req->has_id = false;
+    return NULL;
+}
+
+static ts_http_handler *
+handler_for(const struct ts_route *r, const char *method)
+{
+    if (strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0)
+        return r->get;
+    if (strcmp(method, MHD_HTTP_METHOD_POST) == 0)
+        return r->post;
+    if (strcmp(method, MHD_HTTP_METHOD_DELETE) == 0)
+        return r->del;
+    return NULL;
+}
+
+static enum MHD_Result
+reply_method_not_allowed(struct ts_http_request *req)
+{
+    const struct ts_route *r = req->route;
+    struct MHD_Response *resp;
+    char allow[64];
+
+    snprintf(allow, sizeof(allow), "%s%s%s", r->get != NULL ? "GET, HEAD, " : "",
+             r->post != NULL ? "POST, " : "", r->del != NULL ? "DELETE, " : "");
+    allow[strlen(allow) - 2] = '\0'; /* every route has at least one method */
+    resp = ts_http_error_response("method_not_allowed", "%s is not allowed on %s; allowed: %s",
+                                  req->method, r->pattern, allow);
+    if (resp != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    return ts_http_queue(req, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+}
+
+/* First call for a request: headers are in, no body yet. */
+static enum MHD_Result
+begin_request(struct ts_http *h, struct MHD_Connection *conn, const char *url, const char *method,
+              void **req_cls)
+{
+    struct ts_http_request *req;
+    const char *clen;
+    size_t max_body;
+
+    headers_arrived(h, conn);
+    req = calloc(1, sizeof(*req));
+    if (req == NULL)
+        return MHD_NO;
+    req->http = h;
+    req->conn = conn;
+    req->method = method;
+    req->route = find_route(h, url, req);
+    max_body = req->route != NULL ? req->route->max_body : 0;
+    if (max_body > h->cfg.max_body)
+        max_body = h->cfg.max_body;
+    ts_buf_init(&req->body, max_body);
+    *req_cls = req;
+
+    /* A declared body over the cap is refused before it is read. */
+    clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (clen != NULL && req->route != NULL && handler_for(req->route, method) != NULL) {
+        uint64_t n;
+
+        if (ts_parse_uint(clen, 0, UINT64_MAX, &n) == 0 && n > max_body)
+            return ts_http_reply_error(req, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+                                       "the request body is %llu bytes; the limit is %zu",
+                                       (unsigned long long)n, max_body);
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result
+on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+           const char *version, const char *upload_data, size_t *upload_data_size, void **req_cls)
+{
+    struct ts_http *h = cls;
+    struct ts_http_request *req = *req_cls;
+    ts_http_handler *handler;
+
+    (void)version;
+    if (req == NULL)
+        return begin_request(h, conn, url, method, req_cls);
+    if (req->answered) {
+        *upload_data_size = 0; /* an early answer: discard the body */
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        /* Past the cap the rest is read and dropped, then answered 413: MHD
+         * can only queue a response before or after the body. */
+        if (!req->body_too_large &&
+            ts_buf_append(&req->body, upload_data, *upload_data_size) != 0)
+            req->body_too_large = true;
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+
+    if (req->route == NULL)
+        return ts_http_reply_error(req, MHD_HTTP_NOT_FOUND, "not_found", "no such resource: %s",
+                                   url);
+    handler = handler_for(req->route, method);
+    if (handler == NULL)
+        return reply_method_not_allowed(req);
+    if (req->body_too_large)
+        return ts_http_reply_error(req, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+                                   "the request body is over the limit of %zu bytes",
+                                   req->body.max);
+    return handler(h->cfg.app, req, req->has_id ? req->id : NULL);
+}
+
+static void
+on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+             enum MHD_RequestTerminationCode code)
+{
+    struct ts_http *h = cls;
+    struct ts_http_request *req = *req_cls;
+
+    (void)code;
+    if (req != NULL) {
+        ts_buf_dispose(&req->body);
+        free(req);
+        *req_cls = NULL;
+    }
+    request_finished(h, conn);
+}
+
+static void
+on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    struct ts_http *h = cls;
+    char msg[512];
+    size_t n;
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    ts_log(h->cfg.log, TS_LOG_WARN, "http library", TS_F_STR("listener", h->name),
+           TS_F_STR("detail", msg), TS_F_END);
+}
+
+/* ---- lifecycle ---- */
+
+static int
+resolve(const char *listen, struct sockaddr_storage *ss, socklen_t *sslen, char *err,
+        size_t errlen)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    char host[256];
+    const char *colon, *port;
+    size_t hlen;
+    int rc;
+
+    colon = strrchr(listen, ':');
+    if (colon == NULL) {
+        snprintf(err, errlen, "no port in \"%s\"", listen);
+        return -EINVAL;
+    }
+    port = colon + 1;
+    hlen = (size_t)(colon - listen);
+    if (hlen >= 2 && listen[0] == '[' && listen[hlen - 1] == ']') {
+        listen++;
+        hlen -= 2;
+    }
+    if (hlen >= sizeof(host)) {
+        snprintf(err, errlen, "host too long");
+        return -EINVAL;
+    }
+    memcpy(host, listen, hlen);
+    host[hlen] = '\0';
+
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    rc = getaddrinfo(hlen > 0 ? host : NULL, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s", gai_strerror(rc));
+        return -EINVAL;
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *sslen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+int
+ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
+{
+    struct ts_http *h;
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    unsigned flags;
+    const union MHD_DaemonInfo *info;
+    char err[256];
+    int rc;
+
+    h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return -ENOMEM;
+    h->cfg = *cfg;
+    h->name = strdup(cfg->name);
+    if (h->name == NULL) {
+        rc = -ENOMEM;
+        goto out_free;
+    }
+    pthread_mutex_init(&h->conns_mu, NULL);
+    h->listen_fd = -1;
+
+    rc = resolve(cfg->listen, &ss, &sslen, err, sizeof(err));
+    if (rc != 0) {
+        ts_log(cfg->log, TS_LOG_ERROR, "cannot resolve listen address",
+               TS_F_STR("listener", cfg->name), TS_F_STR("address", cfg->listen),
+               TS_F_STR("error", err), TS_F_END);
+        goto out_free_name;
+    }
+
+    flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    if (cfg->suspend_resume)
+        flags |= MHD_ALLOW_SUSPEND_RESUME;
+
+    h->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, h,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_ip,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->connection_memory,
+        MHD_OPTION_CONNECTION_TIMEOUT, cfg->idle_timeout_s,
+        MHD_OPTION_THREAD_POOL_SIZE, cfg->threads > 1 ? cfg->threads : 0,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
+        MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1,
+        MHD_OPTION_END);
+    if (h->daemon == NULL) {
+        rc = -EADDRINUSE;
+        ts_log(cfg->log, TS_LOG_ERROR, "cannot start listener", TS_F_STR("listener", cfg->name),
+               TS_F_STR("address", cfg->listen), TS_F_END);
+        goto out_free_name;
+    }
+    info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = info != NULL ? info->port : 0;
+    info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_LISTEN_FD);
+    h->listen_fd = info != NULL ? info->listen_fd : -1;
+    *out = h;
+    return 0;
+
+out_free_name:
+    pthread_mutex_destroy(&h->conns_mu);
+    free(h->name);
+out_free:
+    free(h);
+    return rc;
+}
+
+int
+ts_http_port(const struct ts_http *h)
+{
+    return h->port;
+}
+
+void
+ts_http_quiesce(struct ts_http *h)
+{
+    int fd = MHD_quiesce_daemon(h->daemon);
+
+    /* MHD stops polling the socket but leaves it open, so the kernel would
+     * keep completing handshakes that nobody accepts: shut it down to make
+     * new clients fail fast. It is closed after MHD_stop_daemon(). */
+    if (fd >= 0) {
+        h->listen_fd = fd;
+        shutdown(fd, SHUT_RDWR);
+    }
+}
+
+void
+ts_http_stop(struct ts_http *h)
+{
+    if (h == NULL)
+        return;
+    MHD_stop_daemon(h->daemon);
+    if (h->listen_fd >= 0)
+        close(h->listen_fd);
+    pthread_mutex_destroy(&h->conns_mu);
+    free(h->name);
+    free(h);
+}

@@ -1,0 +1,499 @@
+/*
+ * The server: builds the services from a configuration, hands each its
+ * dependencies (the drain view, the clock, the metrics registry, the log),
+ * runs the housekeeping thread, and carries out the stop sequence of
+ * DESIGN.md section 4 when its owner asks (ts_server_shutdown).
+ *
+ * The server never decides to drain. Its owner (main.c) does, through the
+ * coordinator; the admin listener's /drain is the one other trigger, an
+ * authenticated request on the owner's behalf. Every service only reacts
+ * to the view.
+ *
+ * The housekeeping thread wakes on a fixed period (half the heartbeat
+ * interval, at most every second) to wake idle streams for their heartbeat
+ * and to cut connections whose request headers are late. It is a timer, not
+ * a poll: nothing it does is waiting for a state to change.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server.h"
+
+/* Streams get this long to flush their final events before the listener
+ * closes; a client that does not read by then is cut. */
+#define FLUSH_BOUND_NS (5 * TS_NS_PER_S)
+
+/* A task that was cancelled at the deadline gets this long, beyond
+ * KILL_GRACE, to return before it is abandoned. */
+#define FINISH_MARGIN_NS (2 * TS_NS_PER_S)
+
+static const double shutdown_buckets[] = {0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200};
+
+static char *
+dup_or_null(const char *s)
+{
+    return s != NULL ? strdup(s) : NULL;
+}
+
+static int
+copy_config(struct ts_config *dst, const struct ts_config *src)
+{
+    *dst = *src;
+    dst->listen = dup_or_null(src->listen);
+    dst->admin_listen = dup_or_null(src->admin_listen);
+    dst->drain_auth_key = dup_or_null(src->drain_auth_key);
+    dst->api_auth_key = dup_or_null(src->api_auth_key);
+    dst->commands_file = dup_or_null(src->commands_file);
+    if (dst->listen == NULL || dst->admin_listen == NULL ||
+        (src->drain_auth_key != NULL && dst->drain_auth_key == NULL) ||
+        (src->api_auth_key != NULL && dst->api_auth_key == NULL) ||
+        (src->commands_file != NULL && dst->commands_file == NULL)) {
+        ts_config_dispose(dst);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+static double
+draining_gauge(void *arg)
+{
+    struct ts_server *srv = arg;
+
+    return ts_drain_is_draining(&srv->drain) ? 1 : 0;
+}
+
+/* Count each drain as it begins, and a signal that arrives during a manual
+ * drain, by reason. */
+static void
+on_drain_change(void *arg, const struct ts_drain_status *st)
+{
+    struct ts_server *srv = arg;
+    const char *reason = NULL;
+
+    if (st->state == TS_STATE_SERVING) {
+        srv->seen_draining = false;
+        return;
+    }
+    if (!srv->seen_draining) {
+        srv->seen_draining = true;
+        reason = ts_drain_reason_name(st->reason);
+        ts_log(srv->log, TS_LOG_INFO, "draining", TS_F_STR("reason", reason),
+               TS_F_STR("signal", st->signal_name[0] != '\0' ? st->signal_name : NULL),
+               TS_F_END);
+    }
+    if (st->shutdown_requested && !srv->seen_shutdown) {
+        srv->seen_shutdown = true;
+        if (reason == NULL)
+            reason = ts_drain_reason_name(TS_DRAIN_REASON_SIGNAL);
+    }
+    if (reason != NULL) {
+        struct ts_series *s = ts_family_series(srv->drain_requests, &reason);
+
+        if (s != NULL)
+            ts_series_inc(s);
+    }
+}
+
+static int
+register_metrics(struct ts_server *srv)
+{
+    static const char *const http_labels[] = {"listener", "route", "code"};
+    static const char *const reason_label[] = {"reason"};
+    struct ts_metrics *m = srv->metrics;
+
+    srv->http_requests = ts_metrics_family(m, TS_METRIC_COUNTER, "http_requests_total",
+                                           "HTTP responses sent, by listener, route and status.",
+                                           3, http_labels, NULL, 0);
+    srv->drain_requests =
+        ts_metrics_family(m, TS_METRIC_COUNTER, "graceful_shutdown_requests_total",
+                          "Drains begun, by reason (signal or manual).", 1, reason_label, NULL, 0);
+    srv->drain_auth_failures =
+        ts_metrics_simple(m, TS_METRIC_COUNTER, "drain_auth_failures_total",
+                          "Requests to /drain refused for a missing or wrong key.");
+    srv->shutdown_duration = NULL;
+    {
+        struct ts_family *f = ts_metrics_family(
+            m, TS_METRIC_HISTOGRAM, "task_graceful_shutdown_duration_seconds",
+            "Time from the start of a drain to the end of the stop sequence.", 0, NULL,
+            shutdown_buckets, TS_ARRAY_SIZE(shutdown_buckets));
+        if (f != NULL)
+            srv->shutdown_duration = ts_family_series(f, NULL);
+    }
+    if (srv->http_requests == NULL || srv->drain_requests == NULL ||
+        srv->drain_auth_failures == NULL || srv->shutdown_duration == NULL)
+        return -ENOMEM;
+    return ts_metrics_gauge_fn(m, "graceful_shutdown_draining",
+                               "1 while the process is draining or stopping, else 0.",
+                               draining_gauge, srv);
+}
+
+int
+ts_server_new(struct ts_server **out, const struct ts_config *cfg, struct ts_coordinator *coord,
+              struct ts_log *log)
+{
+    struct ts_server *srv;
+    struct ts_task_service_config tcfg;
+    struct ts_sse_config scfg;
+    int err;
+
+    srv = calloc(1, sizeof(*srv));
+    if (srv == NULL)
+        return -ENOMEM;
+    err = copy_config(&srv->cfg, cfg);
+    if (err != 0)
+        goto out_free;
+    srv->coord = coord;
+    srv->drain = ts_coordinator_view(coord);
+    srv->log = log;
+    srv->clock = ts_clock_real();
+    srv->drain_sub = -1;
+    pthread_mutex_init(&srv->hk_mu, NULL);
+    err = ts_cond_init(&srv->hk_cv);
+    if (err != 0)
+        goto out_dispose;
+
+    err = ts_metrics_new(&srv->metrics);
+    if (err != 0)
+        goto out_cond;
+    err = register_metrics(srv);
+    if (err != 0)
+        goto out_metrics;
+
+    tcfg = (struct ts_task_service_config){
+        .workers = cfg->workers,
+        .max_queued = cfg->max_queued_tasks,
+        .retention_ns = cfg->task_retention_ms * TS_NS_PER_MS,
+        .log_events = cfg->event_log_events,
+        .log_bytes = cfg->event_log_bytes,
+    };
+    err = ts_task_service_new(&srv->tasks, &tcfg, srv->drain, srv->clock, srv->metrics, log);
+    if (err != 0)
+        goto out_metrics;
+    err = ts_task_service_register(srv->tasks, ts_ticker_kind());
+    if (err != 0)
+        goto out_tasks;
+
+    scfg = (struct ts_sse_config){
+        .tasks = srv->tasks,
+        .drain = srv->drain,
+        .clock = srv->clock,
+        .metrics = srv->metrics,
+        .log = log,
+        .heartbeat_ns = cfg->sse_heartbeat_interval_ms * TS_NS_PER_MS,
+        .retry_ms = (unsigned)cfg->sse_retry_ms,
+    };
+    err = ts_sse_new(&srv->sse, &scfg);
+    if (err != 0)
+        goto out_tasks;
+    srv->drain_sub = ts_drain_subscribe(&srv->drain, on_drain_change, srv);
+    if (srv->drain_sub < 0) {
+        err = srv->drain_sub;
+        goto out_sse;
+    }
+    *out = srv;
+    return 0;
+
+out_sse:
+    ts_sse_free(srv->sse);
+out_tasks:
+    ts_task_service_free(srv->tasks);
+out_metrics:
+    ts_metrics_free(srv->metrics);
+out_cond:
+    pthread_cond_destroy(&srv->hk_cv);
+out_dispose:
+    pthread_mutex_destroy(&srv->hk_mu);
+    ts_config_dispose(&srv->cfg);
+out_free:
+    free(srv);
+    return err;
+}
+
+int
+ts_server_register_kind(struct ts_server *srv, const struct ts_task_kind *kind)
+{
+    if (srv->started)
+        return -EBUSY;
+    return ts_task_service_register(srv->tasks, kind);
+}
+
+static void *
+housekeeping(void *arg)
+{
+    struct ts_server *srv = arg;
+    int64_t heartbeat_every = srv->cfg.sse_heartbeat_interval_ms * TS_NS_PER_MS / 2;
+    int64_t period = heartbeat_every < TS_NS_PER_S ? heartbeat_every : TS_NS_PER_S;
+    int64_t now = ts_clock_now_ns(&srv->clock);
+    int64_t next = now + period, next_heartbeat = now + heartbeat_every;
+
+    pthread_mutex_lock(&srv->hk_mu);
+    while (!srv->hk_stop) {
+        if (ts_clock_wait(&srv->clock, &srv->hk_cv, &srv->hk_mu, next) != ETIMEDOUT)
+            continue; /* woken to stop (or spuriously): the loop condition decides */
+        pthread_mutex_unlock(&srv->hk_mu);
+        now = ts_clock_now_ns(&srv->clock);
+        if (now >= next_heartbeat) {
+            ts_sse_heartbeat(srv->sse);
+            next_heartbeat = now + heartbeat_every;
+        }
+        ts_http_enforce_deadlines(srv->public_http);
+        ts_http_enforce_deadlines(srv->admin_http);
+        next = now + period;
+        pthread_mutex_lock(&srv->hk_mu);
+    }
+    pthread_mutex_unlock(&srv->hk_mu);
+    return NULL;
+}
+
+static void
+stop_housekeeping(struct ts_server *srv)
+{
+    pthread_mutex_lock(&srv->hk_mu);
+    srv->hk_stop = true;
+    pthread_cond_signal(&srv->hk_cv);
+    pthread_mutex_unlock(&srv->hk_mu);
+    pthread_join(srv->housekeeper, NULL);
+}
+
+static void
+log_listening(struct ts_server *srv, const char *name, const char *addr, int port)
+{
+    ts_log(srv->log, TS_LOG_INFO, "listening", TS_F_STR("listener", name),
+           TS_F_STR("address", addr), TS_F_INT("port", port), TS_F_END);
+}
+
+int
+ts_server_start(struct ts_server *srv)
+{
+    struct ts_http_config pub, adm;
+    int err;
+
+    pub = (struct ts_http_config){
+        .name = "public",
+        .listen = srv->cfg.listen,
+        .routes = ts_api_routes,
+        .nroutes = ts_api_nroutes,
+        .app = srv,
+        .max_connections = srv->cfg.max_connections,
+        .max_connections_per_ip = srv->cfg.max_connections_per_ip,
+        .connection_memory = srv->cfg.max_header_bytes,
+        .max_body = srv->cfg.max_body_bytes,
+        .idle_timeout_s = (unsigned)((srv->cfg.idle_timeout_ms + 999) / 1000),
+        .header_timeout_ns = srv->cfg.header_timeout_ms * TS_NS_PER_MS,
+        .threads = srv->cfg.http_threads,
+        .suspend_resume = true,
+        .close_when_draining = true,
+        .drain = srv->drain,
+        .clock = srv->clock,
+        .requests_total = srv->http_requests,
+        .log = srv->log,
+    };
+    /* Probes and scrapes: few connections, small requests, one thread. */
+    adm = pub;
+    adm.name = "admin";
+    adm.listen = srv->cfg.admin_listen;
+    adm.routes = ts_admin_routes;
+    adm.nroutes = ts_admin_nroutes;
+    adm.max_connections = 64;
+    adm.max_connections_per_ip = 0;
+    adm.connection_memory = 32 * 1024;
+    adm.threads = 1;
+    adm.suspend_resume = false;
+    adm.close_when_draining = false;
+
+    err = ts_task_service_start(srv->tasks);
+    if (err != 0)
+        return err;
+    err = ts_http_start(&srv->admin_http, &adm);
+    if (err != 0)
+        return err;
+    err = ts_http_start(&srv->public_http, &pub);
+    if (err != 0)
+        goto out_admin;
+    err = -pthread_create(&srv->housekeeper, NULL, housekeeping, srv);
+    if (err != 0)
+        goto out_public;
+    srv->started = true;
+    log_listening(srv, "admin", srv->cfg.admin_listen, ts_http_port(srv->admin_http));
+    log_listening(srv, "public", srv->cfg.listen, ts_http_port(srv->public_http));
+    return 0;
+
+out_public:
+    ts_http_stop(srv->public_http);
+    srv->public_http = NULL;
+out_admin:
+    ts_http_stop(srv->admin_http);
+    srv->admin_http = NULL;
+    return err;
+}
+
+int
+ts_server_port(const struct ts_server *srv)
+{
+    return srv->public_http != NULL ? ts_http_port(srv->public_http) : 0;
+}
+
+int
+ts_server_admin_port(const struct ts_server *srv)
+{
+    return srv->admin_http != NULL ? ts_http_port(srv->admin_http) : 0;
+}
+
+static const char *
+iso_time(int64_t wall_ns, char buf[32])
+{
+    time_t secs = (time_t)(wall_ns / TS_NS_PER_S);
+    struct tm tm;
+
+    size_t n;
+
+    gmtime_r(&secs, &tm);
+    n = strftime(buf, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, 32 - n, ".%03dZ", (int)((wall_ns % TS_NS_PER_S) / TS_NS_PER_MS));
+    return buf;
+}
+
+json_t *
+ts_server_state_json(struct ts_server *srv)
+{
+    struct ts_drain_status st;
+    char since[32];
+
+    ts_coordinator_status(srv->coord, &st);
+    return json_pack("{s:s, s:s?, s:s?, s:s?, s:b, s:i}", "state", ts_drain_state_name(st.state),
+                     "reason",
+                     st.reason != TS_DRAIN_REASON_NONE ? ts_drain_reason_name(st.reason) : NULL,
+                     "signal", st.signal_name[0] != '\0' ? st.signal_name : NULL,
+                     "draining_since",
+                     st.drain_started_wall_ns != 0 ? iso_time(st.drain_started_wall_ns, since)
+                                                   : NULL,
+                     "shutdown_requested", st.shutdown_requested, "tasks_active",
+                     (json_int_t)ts_task_service_active(srv->tasks));
+}
+
+/* Wait for running tasks (and at least SHUTDOWN_DELAY) until the deadline,
+ * or until the coordinator is forced. */
+static void
+wait_for_tasks(struct ts_server *srv, int64_t linger_until, int64_t deadline)
+{
+    struct ts_drain_status st;
+
+    for (;;) {
+        int64_t now = ts_clock_now_ns(&srv->clock);
+        unsigned active = ts_task_service_active(srv->tasks);
+
+        ts_coordinator_status(srv->coord, &st);
+        if (st.forced || now >= deadline || (active == 0 && now >= linger_until))
+            return;
+        if (active > 0)
+            ts_log(srv->log, TS_LOG_INFO, "waiting for tasks", TS_F_UINT("active", active),
+                   TS_F_DBL("seconds_left", (double)(deadline - now) / TS_NS_PER_S), TS_F_END);
+        ts_task_service_wait_idle(srv->tasks, active == 0 ? linger_until : deadline);
+    }
+}
+
+/*
+ * Close the public listener: refuse new connections, give the streams
+ * FLUSH_BOUND_NS to send their final events, then cut the rest (MHD must not
+ * be stopped with a suspended connection). Returns how many were cut.
+ */
+static unsigned
+stop_public(struct ts_server *srv)
+{
+    unsigned left;
+
+    ts_http_quiesce(srv->public_http);
+    ts_sse_wait_idle(srv->sse, ts_clock_now_ns(&srv->clock) + FLUSH_BOUND_NS);
+    left = ts_sse_active(srv->sse);
+    if (left > 0) {
+        ts_sse_close_all(srv->sse);
+        ts_sse_wait_idle(srv->sse, ts_clock_now_ns(&srv->clock) + TS_NS_PER_S);
+    }
+    stop_housekeeping(srv);
+    ts_http_stop(srv->public_http);
+    srv->public_http = NULL;
+    return left;
+}
+
+static void
+on_force(void *arg, const struct ts_drain_status *st)
+{
+    struct ts_server *srv = arg;
+
+    if (st->forced)
+        ts_task_service_interrupt(srv->tasks);
+}
+
+int
+ts_server_shutdown(struct ts_server *srv, struct ts_shutdown_report *report)
+{
+    struct ts_drain_status st;
+    int64_t start, now, wait_from;
+    uint64_t forced, abandoned;
+    unsigned cut;
+    int sub;
+
+    memset(report, 0, sizeof(*report));
+    ts_coordinator_drain(srv->coord); /* no-op when already draining */
+    sub = ts_drain_subscribe(&srv->drain, on_force, srv);
+    ts_coordinator_status(srv->coord, &st);
+    start = st.drain_started_ns;
+    /* The budget runs from the signal, which is when the platform's own
+     * grace period starts, even if a manual drain began earlier. */
+    wait_from = st.shutdown_requested_ns != 0 ? st.shutdown_requested_ns : start;
+
+    wait_for_tasks(srv, wait_from + srv->cfg.shutdown_delay_ms * TS_NS_PER_MS,
+                   wait_from + srv->cfg.graceful_shutdown_timeout_ms * TS_NS_PER_MS);
+    if (sub >= 0)
+        ts_drain_unsubscribe(&srv->drain, sub);
+
+    ts_coordinator_set_stopping(srv->coord);
+    forced = ts_task_service_cancel_all(srv->tasks, "shutdown");
+    if (forced > 0)
+        ts_log(srv->log, TS_LOG_WARN, "cancelling tasks still running",
+               TS_F_UINT("count", forced), TS_F_END);
+    now = ts_clock_now_ns(&srv->clock);
+    abandoned = ts_task_service_finish(srv->tasks,
+                                       now + srv->cfg.kill_grace_ms * TS_NS_PER_MS +
+                                           FINISH_MARGIN_NS);
+    if (abandoned > 0)
+        ts_log(srv->log, TS_LOG_ERROR, "tasks ignored cancellation and were abandoned",
+               TS_F_UINT("count", abandoned), TS_F_END);
+
+    cut = stop_public(srv);
+
+    ts_coordinator_set_stopped(srv->coord);
+    ts_coordinator_status(srv->coord, &st);
+    report->reason = st.reason;
+    memcpy(report->signal_name, st.signal_name, sizeof(report->signal_name));
+    report->duration_s = (double)(st.stopped_ns - start) / TS_NS_PER_S;
+    report->forced = forced;
+    report->abandoned = abandoned;
+    report->streams_closed = cut;
+    ts_series_observe(srv->shutdown_duration, report->duration_s);
+    return 0;
+}
+
+void
+ts_server_free(struct ts_server *srv)
+{
+    if (srv == NULL)
+        return;
+    if (srv->public_http != NULL) {
+        /* Started but never shut down: end the tasks without waiting. */
+        ts_task_service_cancel_all(srv->tasks, "shutdown");
+        ts_task_service_finish(srv->tasks, ts_clock_now_ns(&srv->clock) + FINISH_MARGIN_NS);
+        stop_public(srv);
+    }
+    ts_http_stop(srv->admin_http);
+    if (srv->drain_sub >= 0)
+        ts_drain_unsubscribe(&srv->drain, srv->drain_sub);
+    ts_sse_free(srv->sse);
+    ts_task_service_free(srv->tasks);
+    ts_metrics_free(srv->metrics);
+    pthread_cond_destroy(&srv->hk_cv);
+    pthread_mutex_destroy(&srv->hk_mu);
+    ts_config_dispose(&srv->cfg);
+    free(srv);
+}

@@ -1,0 +1,59 @@
+/*
+ * Server-Sent Event streams: one per GET /v1/tasks/{id}/events, each a
+ * cursor into its task's event log (see sse.c for the protocol with MHD).
+ */
+#ifndef TS_SSE_H
+#define TS_SSE_H
+
+#include <stdint.h>
+
+#include <microhttpd.h>
+
+#include "clock.h"
+#include "drain.h"
+#include "log.h"
+#include "metrics.h"
+#include "task.h"
+
+struct ts_sse;
+
+struct ts_sse_config {
+    struct ts_task_service *tasks;
+    struct ts_drain_view drain;
+    struct ts_clock clock;
+    struct ts_metrics *metrics;
+    struct ts_log *log;
+    int64_t heartbeat_ns;
+    unsigned retry_ms;
+};
+
+/* Registers sse_* metrics and subscribes to the drain view (to send each
+ * stream its "draining" notice). Dependencies are borrowed. */
+int ts_sse_new(struct ts_sse **out, const struct ts_sse_config *cfg);
+void ts_sse_free(struct ts_sse *sse);
+
+/*
+ * Answer a stream request for `task`. `last_id` is the client's
+ * Last-Event-ID (has_last_id false: none or unparsable). Returns 204 (the
+ * client has already seen the task's "end": *resp is an empty response that
+ * stops EventSource from reconnecting), 200 (*resp is the stream, holding a
+ * task reference until the connection ends), or 0 on out of memory.
+ * MHD thread, inside the access handler.
+ */
+unsigned ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *task,
+                     bool has_last_id, uint64_t last_id, struct MHD_Response **resp);
+
+/* Wake every idle stream so it can send a heartbeat comment when due. */
+void ts_sse_heartbeat(struct ts_sse *sse);
+
+/* End every stream now, even mid-task (the last step of a shutdown, after the
+ * flush bound). */
+void ts_sse_close_all(struct ts_sse *sse);
+
+/* Block until no stream is open (0) or `until_ns` passes (-ETIMEDOUT). */
+int ts_sse_wait_idle(struct ts_sse *sse, int64_t until_ns);
+
+/* Streams open. Any thread. */
+unsigned ts_sse_active(struct ts_sse *sse);
+
+#endif

@@ -1,0 +1,160 @@
+/*
+ * The task service: a registry of task kinds, the tasks themselves (a hash
+ * by id), a bounded queue, a pool of worker threads, and a cleanup thread
+ * that forgets finished tasks after the retention time.
+ *
+ * Lifecycle: queued -> running -> succeeded | failed | cancelled. A task
+ * cancelled while queued never runs. Every task ends with an "end" event
+ * {"status": ..., "reason": ..., "exit_code": ...} appended by the service,
+ * after which its event log is closed.
+ *
+ * Locks: svc->mu guards the registry, the queue and the counters; each task's
+ * own mutex guards its state, its event log and its waiters. Order: svc->mu
+ * before a task's mutex, never the reverse. Workers never touch sockets: they
+ * append to the log and call each waiter's wake() under the task's lock.
+ *
+ * The service reacts to draining (submissions are refused) and never sets it.
+ */
+#ifndef TS_TASK_H
+#define TS_TASK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "clock.h"
+#include "drain.h"
+#include "event_log.h"
+#include "log.h"
+#include "metrics.h"
+#include "taskstream.h"
+
+struct ts_task_service;
+struct ts_task;
+
+enum ts_task_state {
+    TS_TASK_QUEUED,
+    TS_TASK_RUNNING,
+    TS_TASK_DONE, /* see the status in ts_task_info */
+};
+
+struct ts_task_service_config {
+    unsigned workers;
+    unsigned max_queued;
+    int64_t retention_ns;
+    size_t log_events;
+    size_t log_bytes;
+};
+
+/* Registers its metrics in `metrics` (tasks_running, tasks_queued,
+ * tasks_finished_total{kind,status}, task_forced_cancellations_total). All
+ * dependencies are borrowed and must outlive the service. */
+int ts_task_service_new(struct ts_task_service **out, const struct ts_task_service_config *cfg,
+                        struct ts_drain_view drain, struct ts_clock clock,
+                        struct ts_metrics *metrics, struct ts_log *log);
+
+/* Before start only. -EEXIST for a taken name, -EINVAL for a bad one. */
+int ts_task_service_register(struct ts_task_service *svc, const struct ts_task_kind *kind);
+
+/* Start workers and the cleanup thread. */
+int ts_task_service_start(struct ts_task_service *svc);
+
+/* Stop threads and free everything. Tasks still queued or running are
+ * cancelled first and their workers joined; call ts_task_service_finish()
+ * before this if run() may not return. */
+void ts_task_service_free(struct ts_task_service *svc);
+
+/*
+ * Submit a task from a request body (an object with "kind"). On success
+ * returns 0 and a new reference in *out. Errors, with a sentence in `err`:
+ * -ESHUTDOWN draining, -ENOENT unknown kind (or the kind's validate said so),
+ * -EINVAL invalid parameters (422), -EAGAIN queue full (429), -ENOMEM.
+ */
+int ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task **out,
+                   char *err, size_t errlen);
+
+/* Look a task up by id: a new reference, or NULL. Any thread. */
+struct ts_task *ts_task_find(struct ts_task_service *svc, const char *id);
+
+struct ts_task *ts_task_ref(struct ts_task *t);
+void ts_task_unref(struct ts_task *t);
+
+const char *ts_task_get_id(const struct ts_task *t);
+
+/* Ask a task to stop (reason "client"). 0: cancelled (a queued task ends at
+ * once, a running one sees its flag); -EALREADY: already finished. */
+int ts_task_cancel(struct ts_task_service *svc, struct ts_task *t);
+
+/* The task as JSON: id, kind, state ("queued", "running", "succeeded",
+ * "failed", "cancelled"), created_at/started_at/finished_at (RFC 3339 UTC or
+ * null), reason, exit_code, signal, events (last event id). New reference. */
+json_t *ts_task_to_json(struct ts_task *t);
+
+/* All known tasks, newest first, as a JSON array. New reference. */
+json_t *ts_task_service_list(struct ts_task_service *svc);
+
+/* ---- for SSE streams ---- */
+
+/*
+ * A reader waiting for a task's next event. wake() is called once, with the
+ * task's lock held, when an event is appended, when the task ends, or from
+ * ts_task_service_wake_all(); the waiter is removed from the list before the
+ * call. wake() must not block nor take the task's lock.
+ */
+struct ts_task_waiter {
+    struct ts_task_waiter *prev, *next; /* guarded by the task's lock */
+    void (*wake)(struct ts_task_waiter *w);
+    bool linked;
+};
+
+void ts_task_lock(struct ts_task *t);
+void ts_task_unlock(struct ts_task *t);
+
+/* The task's event log. Task lock held. */
+const struct ts_event_log *ts_task_log_locked(const struct ts_task *t);
+
+/* True once the "end" event is in the log (nothing more will be appended).
+ * Task lock held. */
+bool ts_task_ended_locked(const struct ts_task *t);
+
+/* Id of the task's "end" event, 0 while it runs. Task lock held. */
+uint64_t ts_task_end_id_locked(const struct ts_task *t);
+
+/* Add / remove a waiter. Task lock held. Removing an unlinked waiter is a
+ * no-op. */
+void ts_task_wait_locked(struct ts_task *t, struct ts_task_waiter *w);
+void ts_task_unwait_locked(struct ts_task *t, struct ts_task_waiter *w);
+
+/* Wake every waiter of every task (heartbeats, the draining notice). */
+void ts_task_service_wake_all(struct ts_task_service *svc);
+
+/* ---- for the shutdown sequence ---- */
+
+/* Tasks queued or running. Any thread. */
+unsigned ts_task_service_active(struct ts_task_service *svc);
+
+/* Block until no task is queued or running (0), `until_ns` passes on the
+ * service's clock (-ETIMEDOUT), or ts_task_service_interrupt() (-EINTR). */
+int ts_task_service_wait_idle(struct ts_task_service *svc, int64_t until_ns);
+
+/* Make current and future ts_task_service_wait_idle() calls return -EINTR
+ * until the next wait_idle returns. Any thread, never blocks. */
+void ts_task_service_interrupt(struct ts_task_service *svc);
+
+/* Cancel every queued and running task with `reason` (e.g. "shutdown").
+ * Returns how many were cancelled. */
+uint64_t ts_task_service_cancel_all(struct ts_task_service *svc, const char *reason);
+
+/*
+ * After cancel_all: wait until every run() has returned or `until_ns` passes.
+ * Tasks whose run() is still going then get their "end" event (cancelled,
+ * with the cancel reason) so their streams finish; they are abandoned (their
+ * later events are dropped). Returns how many were abandoned.
+ */
+uint64_t ts_task_service_finish(struct ts_task_service *svc, int64_t until_ns);
+
+/* The "ticker" kind (ticker.c): count, interval_ms, payload_bytes. */
+const struct ts_task_kind *ts_ticker_kind(void);
+
+#endif

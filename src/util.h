@@ -1,0 +1,49 @@
+/* Small helpers shared by several modules. */
+#ifndef TS_UTIL_H
+#define TS_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TS_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Compare two secrets in time that depends only on the lengths, never on
+ * where they differ. */
+bool ts_ct_equal(const void *a, size_t alen, const void *b, size_t blen);
+
+/* "500ms", "10s", "10m", "1h", or a bare number of seconds. Negative values
+ * and overflow are errors. Returns 0 or -EINVAL. */
+int ts_parse_duration_ms(const char *s, int64_t *out_ms);
+
+/* "1048576", "64k", "16M", "1G" (powers of 1024). Returns 0 or -EINVAL. */
+int ts_parse_size(const char *s, uint64_t *out);
+
+/* Unsigned decimal, no sign, no spaces, within [min, max]. 0 or -EINVAL. */
+int ts_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+
+/* 128 random bits as 32 lowercase hex digits plus NUL. 0 or negative errno. */
+int ts_random_id(char out[33]);
+
+/* True for exactly 32 lowercase hex digits. */
+bool ts_is_task_id(const char *s);
+
+/*
+ * A byte buffer that grows up to a cap fixed at init (curl's dynbuf).
+ * Appending past the cap fails with -E2BIG and leaves the buffer as it was.
+ */
+struct ts_buf {
+    char *data; /* NUL-terminated when len > 0 */
+    size_t len;
+    size_t alloc;
+    size_t max;
+};
+
+void ts_buf_init(struct ts_buf *b, size_t max);
+void ts_buf_dispose(struct ts_buf *b);
+int ts_buf_append(struct ts_buf *b, const void *p, size_t n);
+int ts_buf_printf(struct ts_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Hand the bytes to the caller (free() them); the buffer is empty after. */
+char *ts_buf_take(struct ts_buf *b, size_t *len);
+
+#endif
