@@ -291,6 +291,9 @@ ts_http_reply_json(struct ts_http_request *req, unsigned status, json_t *body)
     return ts_http_queue(req, status, ts_http_json_response(body));
 }
 
+static struct MHD_Response *verror_response(const char *code, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
 static struct MHD_Response *
 verror_response(const char *code, const char *fmt, va_list ap)
 {
@@ -484,6 +487,8 @@ on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     request_finished(h, conn);
 }
 
+static void on_mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
 static void
 on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
@@ -580,21 +585,30 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
     if (cfg->suspend_resume)
         flags |= MHD_ALLOW_SUSPEND_RESUME;
 
-    h->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, h,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_ip,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->connection_memory,
-        MHD_OPTION_CONNECTION_TIMEOUT, cfg->idle_timeout_s,
-        MHD_OPTION_THREAD_POOL_SIZE, cfg->threads > 1 ? cfg->threads : 0,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
-        MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1,
-        MHD_OPTION_END);
+    {
+        /* The logger first, so MHD routes every message through it. */
+        struct MHD_OptionItem opts[] = {
+            {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, h},
+            {MHD_OPTION_SOCK_ADDR, 0, &ss},
+            {MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL},
+            {MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_ip, NULL},
+            {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)cfg->connection_memory, NULL},
+            {MHD_OPTION_CONNECTION_TIMEOUT, cfg->idle_timeout_s, NULL},
+            {MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, NULL},
+            {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
+            {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, h},
+            {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, h},
+            {MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1, NULL},
+            {MHD_OPTION_END, 0, NULL}, /* room for the thread pool */
+            {MHD_OPTION_END, 0, NULL},
+        };
+
+        if (cfg->threads > 1)
+            opts[TS_ARRAY_SIZE(opts) - 2] =
+                (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, cfg->threads, NULL};
+        h->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_ARRAY, opts,
+                                     MHD_OPTION_END);
+    }
     if (h->daemon == NULL) {
         rc = -EADDRINUSE;
         ts_log(cfg->log, TS_LOG_ERROR, "cannot start listener", TS_F_STR("listener", cfg->name),
