@@ -1,0 +1,1292 @@
+/*
+ * The task service: a registry of task kinds, the tasks (a hash by id and a
+ * newest-first list), a FIFO run queue, a pool of worker threads and a
+ * cleanup thread that forgets finished tasks `retention_ns` after they ended.
+ *
+ * A task goes queued -> running -> done, and every way of getting to done
+ * (run() returned, cancelled while queued, abandoned at shutdown) goes through
+ * end_task_locked(), which appends the task's "end" event exactly once, wakes
+ * its readers and does the service's accounting. After that the task's log
+ * never changes again, so "end" is always its last event.
+ *
+ * Threads and locks: svc->mu guards the registry, the queue, the expiry FIFO,
+ * the counters and each worker's `current`; each task's `mu` guards its
+ * state, result, event log and waiters. svc->mu is taken before a task's mu,
+ * never after. A task's `state` is written with both held, so either one is
+ * enough to read it. The cancel flag is an atomic so that run() can poll it
+ * without a lock. Workers never touch sockets: they append to the log and
+ * call each waiter's wake() under the task's lock.
+ *
+ * Finished tasks join the expiry FIFO in the order they finish; with one
+ * retention time for all, its head is always the next to expire, so the
+ * cleanup thread sleeps until exactly that moment, or until a task finishes
+ * into an empty FIFO, or until shutdown. Nothing polls.
+ *
+ * A C run() cannot be stopped from outside. When one ignores cancellation
+ * past the shutdown deadline, ts_task_service_finish() ends its task for the
+ * readers ("abandoned") and ts_task_service_free() leaves its worker thread
+ * detached with the task: that is why the context run() sees holds only the
+ * task and a copy of the clock, never the service.
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* uthash calls exit() on out of memory unless told otherwise; a library
+ * returns the error instead. A failed add leaves the element's hh.tbl NULL. */
+#define HASH_NONFATAL_OOM 1
+#include <uthash.h>
+
+#include "task.h"
+#include "util.h"
+
+#define KIND_NAME_MAX 64
+#define CANCEL_REASON_MAX 64
+
+/* Event names the SSE protocol gives a meaning of its own: a task emitting
+ * one would make its stream lie. */
+static const char *const reserved_events[] = {"end", "gap", "draining"};
+
+static const char *const status_names[] = {
+    [TS_TASK_SUCCEEDED] = "succeeded",
+    [TS_TASK_FAILED] = "failed",
+    [TS_TASK_CANCELLED] = "cancelled",
+};
+
+struct kind_entry {
+    const struct ts_task_kind *kind;
+    struct ts_series *submitted;                       /* tasks_submitted_total{kind} */
+    struct ts_series *finished[TS_TASK_CANCELLED + 1]; /* tasks_finished_total{kind,status} */
+};
+
+/* What run() sees; see the top of the file for why it has no service. */
+struct ts_task_ctx {
+    struct ts_task *task;
+    struct ts_clock clock;
+};
+
+struct ts_task {
+    atomic_uint refs;
+    char id[33];                     /* immutable */
+    const struct ts_task_kind *kind; /* immutable; outlives the service */
+    const struct kind_entry *entry;  /* immutable; owned by the service */
+    json_t *params;                  /* the request body, a reference; immutable */
+    int64_t created_wall_ns;         /* immutable */
+    atomic_bool cancel;              /* set once, never cleared */
+
+    pthread_mutex_t mu;
+    pthread_cond_t sleep_cv; /* ts_task_sleep_ms() waits on it; a cancel signals it */
+    /* Guarded by mu (state: written under svc->mu too): */
+    enum ts_task_state state;
+    enum ts_task_status status;            /* once done */
+    char *reason;                          /* once done; owned, may be NULL */
+    int exit_code, signal;                 /* once done */
+    int64_t started_wall_ns;               /* 0 until running */
+    int64_t started_ns;                    /* monotonic; 0 until running */
+    int64_t finished_wall_ns;              /* 0 until done */
+    int64_t finished_ns;                   /* monotonic; 0 until done */
+    char cancel_reason[CANCEL_REASON_MAX]; /* once `cancel` is set; written under svc->mu too */
+    struct ts_event_log log;
+    uint64_t end_id;                /* 0 until done (or if appending "end" ran out of memory) */
+    struct ts_task_waiter *waiters; /* intrusive list of readers */
+    bool returned;                  /* run() has returned */
+    bool orphaned;                  /* the service is gone: its worker must not reach it */
+
+    /* Guarded by svc->mu: */
+    bool abandoned; /* ended by finish() while run() went on */
+    UT_hash_handle hh;
+    struct ts_task *newer, *older; /* the newest-first list of every known task */
+    struct ts_task *qprev, *qnext; /* the run queue, while queued */
+    struct ts_task *expiry_next;   /* the expiry FIFO, once done */
+    int64_t expires_ns;            /* monotonic, once done */
+};
+
+struct worker {
+    struct ts_task_service *svc;
+    pthread_t thread;
+    struct ts_task *current; /* in run(), with the worker's reference; svc->mu */
+    bool detach;             /* left to a run() that never returned; svc->mu */
+};
+
+struct ts_task_service {
+    struct ts_task_service_config cfg;
+    struct ts_drain_view drain;
+    struct ts_clock clock;
+    struct ts_log *log;
+    struct ts_series *running;   /* tasks_running */
+    struct ts_series *queued;    /* tasks_queued */
+    struct ts_series *forced;    /* task_forced_cancellations_total */
+    struct ts_family *finished;  /* tasks_finished_total{kind,status} */
+    struct ts_family *submitted; /* tasks_submitted_total{kind} */
+
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv;    /* a task was queued, or stopping */
+    pthread_cond_t idle_cv;    /* nothing runs any more, or an interrupt */
+    pthread_cond_t cleanup_cv; /* a new earliest expiry, or stopping */
+
+    /* Guarded by mu: */
+    struct kind_entry **kinds;
+    size_t nkinds;
+    struct ts_task *by_id; /* uthash; holds the registry's reference */
+    struct ts_task *newest;
+    struct ts_task *queue_head, *queue_tail;
+    struct ts_task *expiry_head, *expiry_tail;
+    unsigned nqueued, nrunning; /* nrunning leaves out abandoned tasks */
+    bool started, stopping, interrupted;
+
+    struct worker *workers; /* cfg.workers of them */
+    unsigned nthreads;      /* workers started; start() and free() only */
+    bool cleanup_started;
+    pthread_t cleanup_thread;
+};
+
+static const struct ts_task_result cancelled_result = {.status = TS_TASK_CANCELLED};
+
+/* ---- small helpers ---- */
+
+static bool
+kind_name_valid(const char *name)
+{
+    size_t i;
+
+    if (name == NULL)
+        return false;
+    for (i = 0; name[i] != '\0'; i++) {
+        char c = name[i];
+
+        if (i == KIND_NAME_MAX ||
+            !((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return false;
+    }
+    return i > 0;
+}
+
+static bool
+event_name_reserved(const char *name)
+{
+    for (size_t i = 0; i < TS_ARRAY_SIZE(reserved_events); i++) {
+        if (strcmp(name, reserved_events[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* RFC 3339 UTC with milliseconds, or null for a time that has not come. */
+static json_t *
+json_time(int64_t wall_ns)
+{
+    char buf[40];
+    struct tm tm;
+    time_t secs;
+    size_t n;
+
+    if (wall_ns <= 0)
+        return json_null();
+    secs = (time_t)(wall_ns / TS_NS_PER_S);
+    if (gmtime_r(&secs, &tm) == NULL)
+        return json_null();
+    n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, sizeof(buf) - n, ".%03dZ", (int)(wall_ns % TS_NS_PER_S / TS_NS_PER_MS));
+    return json_string(buf);
+}
+
+/* Add without overflowing past "never". */
+static int64_t
+add_ns(int64_t t, int64_t delta)
+{
+    return delta >= TS_NO_DEADLINE - t ? TS_NO_DEADLINE : t + delta;
+}
+
+/* Timed waits go through the service's clock (a fake one in tests); an
+ * untimed wait has nothing to ask of it. svc->mu held. */
+static int
+wait_until(struct ts_task_service *svc, pthread_cond_t *cv, int64_t deadline_ns)
+{
+    if (deadline_ns == TS_NO_DEADLINE)
+        return pthread_cond_wait(cv, &svc->mu);
+    return ts_clock_wait(&svc->clock, cv, &svc->mu, deadline_ns);
+}
+
+/* ---- tasks ---- */
+
+static int
+task_new(struct ts_task_service *svc, const struct kind_entry *entry, const json_t *body,
+         struct ts_task **out)
+{
+    struct ts_task *t;
+    int err;
+
+    t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return -ENOMEM;
+    err = ts_random_id(t->id);
+    if (err != 0)
+        goto out_free;
+    err = ts_event_log_init(&t->log, svc->cfg.log_events, svc->cfg.log_bytes);
+    if (err != 0)
+        goto out_free;
+    err = -pthread_mutex_init(&t->mu, NULL);
+    if (err != 0)
+        goto out_dispose_log;
+    err = ts_cond_init(&t->sleep_cv);
+    if (err != 0)
+        goto out_destroy_mu;
+    atomic_init(&t->refs, 1);
+    atomic_init(&t->cancel, false);
+    t->kind = entry->kind;
+    t->entry = entry;
+    /* The body is never changed once parsed, so a reference is as good as a
+     * copy (jansson's reference counts are atomic). */
+    t->params = json_incref((json_t *)body);
+    t->created_wall_ns = ts_clock_wall_ns(&svc->clock);
+    t->state = TS_TASK_QUEUED;
+    *out = t;
+    return 0;
+
+out_destroy_mu:
+    pthread_mutex_destroy(&t->mu);
+out_dispose_log:
+    ts_event_log_dispose(&t->log);
+out_free:
+    free(t);
+    return err;
+}
+
+struct ts_task *
+ts_task_ref(struct ts_task *t)
+{
+    atomic_fetch_add(&t->refs, 1);
+    return t;
+}
+
+/* Frees only what the task owns: an orphaned task is freed by its worker
+ * after the service is gone. */
+void
+ts_task_unref(struct ts_task *t)
+{
+    if (t == NULL || atomic_fetch_sub(&t->refs, 1) != 1)
+        return;
+    pthread_cond_destroy(&t->sleep_cv);
+    pthread_mutex_destroy(&t->mu);
+    ts_event_log_dispose(&t->log);
+    json_decref(t->params);
+    free(t->reason);
+    free(t);
+}
+
+const char *
+ts_task_get_id(const struct ts_task *t)
+{
+    return t->id;
+}
+
+void
+ts_task_lock(struct ts_task *t)
+{
+    pthread_mutex_lock(&t->mu);
+}
+
+void
+ts_task_unlock(struct ts_task *t)
+{
+    pthread_mutex_unlock(&t->mu);
+}
+
+const struct ts_event_log *
+ts_task_log_locked(const struct ts_task *t)
+{
+    return &t->log;
+}
+
+bool
+ts_task_ended_locked(const struct ts_task *t)
+{
+    return t->state == TS_TASK_DONE;
+}
+
+uint64_t
+ts_task_end_id_locked(const struct ts_task *t)
+{
+    return t->end_id;
+}
+
+void
+ts_task_wait_locked(struct ts_task *t, struct ts_task_waiter *w)
+{
+    if (w->linked)
+        return;
+    w->prev = NULL;
+    w->next = t->waiters;
+    if (t->waiters != NULL)
+        t->waiters->prev = w;
+    t->waiters = w;
+    w->linked = true;
+}
+
+void
+ts_task_unwait_locked(struct ts_task *t, struct ts_task_waiter *w)
+{
+    if (!w->linked)
+        return;
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else
+        t->waiters = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
+    w->prev = NULL;
+    w->next = NULL;
+    w->linked = false;
+}
+
+/* One at a time, unlinked first: a wake() may unwait another waiter. */
+static void
+wake_waiters_locked(struct ts_task *t)
+{
+    struct ts_task_waiter *w;
+
+    for (w = t->waiters; w != NULL; w = t->waiters) {
+        ts_task_unwait_locked(t, w);
+        w->wake(w);
+    }
+}
+
+/* Raise the cancel flag with `reason` and cut a ts_task_sleep_ms() short.
+ * Returns false when the flag was already up (the first reason stays). */
+static bool
+request_cancel(struct ts_task *t, const char *reason)
+{
+    bool first;
+
+    pthread_mutex_lock(&t->mu);
+    first = !atomic_load(&t->cancel);
+    if (first) {
+        snprintf(t->cancel_reason, sizeof(t->cancel_reason), "%s", reason);
+        atomic_store(&t->cancel, true);
+        pthread_cond_broadcast(&t->sleep_cv);
+    }
+    pthread_mutex_unlock(&t->mu);
+    return first;
+}
+
+/* Append {"status", "reason", "exit_code"[, "signal"]} as "end". Task lock
+ * held. */
+static void
+append_end_locked(struct ts_task *t, enum ts_task_status status, const char *reason,
+                  const struct ts_task_result *res)
+{
+    char fallback[96];
+    char *text = NULL;
+    json_t *data;
+
+    /* "o?" turns a reason that is not UTF-8 into null rather than no event. */
+    data = json_pack("{s:s, s:o?, s:i}", "status", status_names[status], "reason",
+                     reason != NULL ? json_string(reason) : NULL, "exit_code", res->exit_code);
+    if (data != NULL && res->signal != 0)
+        json_object_set_new(data, "signal", json_integer(res->signal));
+    if (data != NULL)
+        text = json_dumps(data, JSON_COMPACT);
+    json_decref(data);
+    if (text != NULL) {
+        t->end_id = ts_event_log_append(&t->log, "end", text, strlen(text));
+        free(text);
+        return;
+    }
+    /* Out of memory: the streams still need their end, so say what can be
+     * said without jansson. */
+    snprintf(fallback, sizeof(fallback), "{\"status\":\"%s\",\"reason\":null,\"exit_code\":%d}",
+             status_names[status], res->exit_code);
+    t->end_id = ts_event_log_append(&t->log, "end", fallback, strlen(fallback));
+}
+
+static void
+expiry_push_locked(struct ts_task_service *svc, struct ts_task *t)
+{
+    t->expires_ns = add_ns(t->finished_ns, svc->cfg.retention_ns);
+    t->expiry_next = NULL;
+    if (svc->expiry_tail != NULL) {
+        svc->expiry_tail->expiry_next = t;
+    } else {
+        svc->expiry_head = t;
+        /* Only a task finishing into an empty FIFO moves the next expiry. */
+        pthread_cond_signal(&svc->cleanup_cv);
+    }
+    svc->expiry_tail = t;
+}
+
+/*
+ * The one way a task ends: count it, record the result (cancelled, with the
+ * cancel reason, whenever the flag is up), append "end", wake the readers and
+ * hand the task to the cleanup thread. svc->mu held; a queued task must
+ * already be off the queue.
+ */
+static void
+end_task_locked(struct ts_task_service *svc, struct ts_task *t, const struct ts_task_result *res)
+{
+    /* Every request_cancel() runs under svc->mu, so the flag and its reason
+     * hold still while we use them. */
+    bool cancelled = atomic_load(&t->cancel);
+    enum ts_task_status status = cancelled ? TS_TASK_CANCELLED : res->status;
+    const char *reason = cancelled ? t->cancel_reason : res->reason;
+
+    /* Counted first: a client that has seen "end" must not then scrape the
+     * task as still running. */
+    if (t->state == TS_TASK_QUEUED) {
+        svc->nqueued--;
+        ts_series_sub(svc->queued, 1);
+    } else {
+        svc->nrunning--;
+        ts_series_sub(svc->running, 1);
+    }
+    ts_series_inc(t->entry->finished[status]);
+
+    pthread_mutex_lock(&t->mu);
+    t->state = TS_TASK_DONE;
+    t->status = status;
+    /* Copied: run()'s reason need only live until the task ends. Out of
+     * memory leaves it null in the JSON; the end event has it anyway. */
+    t->reason = reason != NULL ? strdup(reason) : NULL;
+    t->exit_code = res->exit_code;
+    t->signal = res->signal;
+    t->finished_wall_ns = ts_clock_wall_ns(&svc->clock);
+    t->finished_ns = ts_clock_now_ns(&svc->clock);
+    append_end_locked(t, status, reason, res);
+    wake_waiters_locked(t);
+    pthread_mutex_unlock(&t->mu);
+
+    expiry_push_locked(svc, t);
+    /* wait_idle() and finish() both wait for this. */
+    if (svc->nrunning == 0)
+        pthread_cond_broadcast(&svc->idle_cv);
+}
+
+static void
+log_finished(struct ts_task_service *svc, struct ts_task *t)
+{
+    enum ts_task_status status;
+    int64_t duration_ns = 0;
+    char reason[CANCEL_REASON_MAX];
+
+    pthread_mutex_lock(&t->mu);
+    status = t->status;
+    snprintf(reason, sizeof(reason), "%s", t->reason != NULL ? t->reason : "");
+    if (t->started_ns != 0)
+        duration_ns = t->finished_ns - t->started_ns;
+    pthread_mutex_unlock(&t->mu);
+    ts_log(svc->log, TS_LOG_INFO, "task finished", TS_F_STR("task_id", t->id),
+           TS_F_STR("kind", t->kind->name), TS_F_STR("status", status_names[status]),
+           TS_F_STR("reason", reason[0] != '\0' ? reason : NULL),
+           TS_F_INT("duration_ms", duration_ns / TS_NS_PER_MS), TS_F_END);
+}
+
+/* ---- the run queue and the registry (svc->mu held) ---- */
+
+static void
+queue_push_locked(struct ts_task_service *svc, struct ts_task *t)
+{
+    t->qnext = NULL;
+    t->qprev = svc->queue_tail;
+    if (svc->queue_tail != NULL)
+        svc->queue_tail->qnext = t;
+    else
+        svc->queue_head = t;
+    svc->queue_tail = t;
+}
+
+static void
+queue_remove_locked(struct ts_task_service *svc, struct ts_task *t)
+{
+    if (t->qprev != NULL)
+        t->qprev->qnext = t->qnext;
+    else
+        svc->queue_head = t->qnext;
+    if (t->qnext != NULL)
+        t->qnext->qprev = t->qprev;
+    else
+        svc->queue_tail = t->qprev;
+    t->qprev = NULL;
+    t->qnext = NULL;
+}
+
+/* Into the hash (with a fresh id on the off chance of a collision, which
+ * would hand one client's task to another) and the newest-first list. */
+static int
+registry_add_locked(struct ts_task_service *svc, struct ts_task *t)
+{
+    struct ts_task *dup;
+    int err;
+
+    for (;;) {
+        HASH_FIND_STR(svc->by_id, t->id, dup);
+        if (dup == NULL)
+            break;
+        err = ts_random_id(t->id);
+        if (err != 0)
+            return err;
+    }
+    HASH_ADD_STR(svc->by_id, id, t);
+    if (t->hh.tbl == NULL)
+        return -ENOMEM;
+    t->newer = NULL;
+    t->older = svc->newest;
+    if (svc->newest != NULL)
+        svc->newest->newer = t;
+    svc->newest = t;
+    return 0;
+}
+
+static void
+registry_remove_locked(struct ts_task_service *svc, struct ts_task *t)
+{
+    HASH_DEL(svc->by_id, t);
+    if (t->newer != NULL)
+        t->newer->older = t->older;
+    else
+        svc->newest = t->older;
+    if (t->older != NULL)
+        t->older->newer = t->newer;
+}
+
+static const struct kind_entry *
+find_kind_locked(struct ts_task_service *svc, const char *name)
+{
+    for (size_t i = 0; i < svc->nkinds; i++) {
+        if (strcmp(svc->kinds[i]->kind->name, name) == 0)
+            return svc->kinds[i];
+    }
+    return NULL;
+}
+
+/* ---- submit, find, cancel ---- */
+
+int
+ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task **out, char *err,
+               size_t errlen)
+{
+    const struct kind_entry *entry;
+    const char *kind_name;
+    struct ts_task *t;
+    int rc;
+
+    *out = NULL;
+    if (errlen > 0)
+        err[0] = '\0';
+    if (ts_drain_is_draining(&svc->drain)) {
+        snprintf(err, errlen, "the server is draining; retry on another instance");
+        return -ESHUTDOWN;
+    }
+    if (!json_is_object(body)) {
+        snprintf(err, errlen, "the request body must be a JSON object");
+        return -EINVAL;
+    }
+    kind_name = json_string_value(json_object_get(body, "kind"));
+    if (kind_name == NULL) {
+        snprintf(err, errlen, "\"kind\" must be a string");
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&svc->mu);
+    entry = find_kind_locked(svc, kind_name);
+    pthread_mutex_unlock(&svc->mu);
+    if (entry == NULL) {
+        snprintf(err, errlen, "unknown task kind \"%.64s\"", kind_name);
+        return -ENOENT;
+    }
+    if (entry->kind->validate != NULL) {
+        rc = entry->kind->validate(entry->kind->arg, body, err, errlen);
+        if (rc != 0)
+            return rc;
+    }
+    rc = task_new(svc, entry, body, &t);
+    if (rc != 0) {
+        snprintf(err, errlen, "could not create the task: %s", ts_strerror(rc));
+        return rc;
+    }
+
+    pthread_mutex_lock(&svc->mu);
+    if (svc->stopping) {
+        snprintf(err, errlen, "the task service is stopping");
+        rc = -ESHUTDOWN;
+        goto out_unlock;
+    }
+    if (svc->nqueued >= svc->cfg.max_queued) {
+        snprintf(err, errlen, "the task queue is full (%u queued)", svc->nqueued);
+        rc = -EAGAIN;
+        goto out_unlock;
+    }
+    rc = registry_add_locked(svc, t);
+    if (rc != 0) {
+        snprintf(err, errlen, "could not register the task: %s", ts_strerror(rc));
+        goto out_unlock;
+    }
+    queue_push_locked(svc, t);
+    svc->nqueued++;
+    ts_series_inc(svc->queued);
+    ts_series_inc(entry->submitted);
+    pthread_cond_signal(&svc->work_cv);
+    /* Taken under the lock: once it is released, a cancel and a zero
+     * retention could forget the task before we return it. */
+    *out = ts_task_ref(t);
+    t = NULL;
+out_unlock:
+    pthread_mutex_unlock(&svc->mu);
+    if (t != NULL) {
+        ts_task_unref(t);
+        return rc;
+    }
+    ts_log(svc->log, TS_LOG_DEBUG, "task submitted", TS_F_STR("task_id", (*out)->id),
+           TS_F_STR("kind", entry->kind->name), TS_F_END);
+    return 0;
+}
+
+struct ts_task *
+ts_task_find(struct ts_task_service *svc, const char *id)
+{
+    struct ts_task *t;
+
+    if (!ts_is_task_id(id))
+        return NULL;
+    pthread_mutex_lock(&svc->mu);
+    HASH_FIND_STR(svc->by_id, id, t);
+    if (t != NULL)
+        ts_task_ref(t);
+    pthread_mutex_unlock(&svc->mu);
+    return t;
+}
+
+int
+ts_task_cancel(struct ts_task_service *svc, struct ts_task *t)
+{
+    bool ended = false;
+    int err = 0;
+
+    pthread_mutex_lock(&svc->mu);
+    switch (t->state) {
+    case TS_TASK_QUEUED:
+        queue_remove_locked(svc, t);
+        request_cancel(t, "client");
+        end_task_locked(svc, t, &cancelled_result);
+        ended = true;
+        break;
+    case TS_TASK_RUNNING:
+        request_cancel(t, "client");
+        break;
+    case TS_TASK_DONE:
+        err = -EALREADY;
+        break;
+    }
+    pthread_mutex_unlock(&svc->mu);
+    if (ended)
+        log_finished(svc, t);
+    return err;
+}
+
+/* ---- threads ---- */
+
+/* Run `t` (taken off the queue, with this worker's reference) and end it.
+ * Returns false when the service was freed meanwhile: then neither it nor
+ * `w` may be touched again. */
+static bool
+run_task(struct worker *w, struct ts_task *t)
+{
+    struct ts_task_service *svc = w->svc;
+    struct ts_task_ctx ctx = {.task = t, .clock = svc->clock};
+    struct ts_task_result res = {.status = TS_TASK_SUCCEEDED};
+    bool orphaned, abandoned;
+
+    ts_log(svc->log, TS_LOG_DEBUG, "task started", TS_F_STR("task_id", t->id),
+           TS_F_STR("kind", t->kind->name), TS_F_END);
+    t->kind->run(t->kind->arg, &ctx, &res);
+
+    pthread_mutex_lock(&t->mu);
+    t->returned = true;
+    orphaned = t->orphaned;
+    pthread_mutex_unlock(&t->mu);
+    if (orphaned) {
+        ts_task_unref(t);
+        return false;
+    }
+
+    pthread_mutex_lock(&svc->mu);
+    w->current = NULL;
+    abandoned = t->abandoned;
+    if (!abandoned)
+        end_task_locked(svc, t, &res);
+    pthread_mutex_unlock(&svc->mu);
+    if (abandoned)
+        ts_log(svc->log, TS_LOG_INFO, "abandoned task returned", TS_F_STR("task_id", t->id),
+               TS_F_END);
+    else
+        log_finished(svc, t);
+    ts_task_unref(t);
+    return true;
+}
+
+static void *
+worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct ts_task_service *svc = w->svc;
+    struct ts_task *t;
+
+    pthread_mutex_lock(&svc->mu);
+    while (!svc->stopping) {
+        t = svc->queue_head;
+        if (t == NULL) {
+            pthread_cond_wait(&svc->work_cv, &svc->mu);
+            continue;
+        }
+        queue_remove_locked(svc, t);
+        svc->nqueued--;
+        svc->nrunning++;
+        ts_series_sub(svc->queued, 1);
+        ts_series_inc(svc->running);
+        pthread_mutex_lock(&t->mu);
+        t->state = TS_TASK_RUNNING;
+        t->started_wall_ns = ts_clock_wall_ns(&svc->clock);
+        t->started_ns = ts_clock_now_ns(&svc->clock);
+        pthread_mutex_unlock(&t->mu);
+        w->current = ts_task_ref(t);
+        pthread_mutex_unlock(&svc->mu);
+
+        if (!run_task(w, t))
+            return NULL;
+        pthread_mutex_lock(&svc->mu);
+    }
+    pthread_mutex_unlock(&svc->mu);
+    return NULL;
+}
+
+/* Take the expired tasks off the FIFO and out of the registry, chained by
+ * expiry_next. svc->mu held. */
+static struct ts_task *
+take_expired_locked(struct ts_task_service *svc, int64_t now_ns)
+{
+    struct ts_task *expired = NULL, **tail = &expired;
+    struct ts_task *t;
+
+    for (t = svc->expiry_head; t != NULL && t->expires_ns <= now_ns; t = svc->expiry_head) {
+        svc->expiry_head = t->expiry_next;
+        if (svc->expiry_head == NULL)
+            svc->expiry_tail = NULL;
+        registry_remove_locked(svc, t);
+        t->expiry_next = NULL;
+        *tail = t;
+        tail = &t->expiry_next;
+    }
+    return expired;
+}
+
+static void *
+cleanup_main(void *arg)
+{
+    struct ts_task_service *svc = arg;
+    struct ts_task *expired, *t;
+
+    pthread_mutex_lock(&svc->mu);
+    while (!svc->stopping) {
+        expired = take_expired_locked(svc, ts_clock_now_ns(&svc->clock));
+        if (expired != NULL) {
+            /* Released outside the lock, which submissions and streams
+             * need; then look again, as time went on. */
+            pthread_mutex_unlock(&svc->mu);
+            while (expired != NULL) {
+                t = expired;
+                expired = t->expiry_next;
+                ts_task_unref(t);
+            }
+            pthread_mutex_lock(&svc->mu);
+            continue;
+        }
+        wait_until(svc, &svc->cleanup_cv,
+                   svc->expiry_head != NULL ? svc->expiry_head->expires_ns : TS_NO_DEADLINE);
+    }
+    pthread_mutex_unlock(&svc->mu);
+    return NULL;
+}
+
+/* ---- the service ---- */
+
+static int
+register_metrics(struct ts_task_service *svc, struct ts_metrics *m)
+{
+    static const char *const finished_labels[] = {"kind", "status"};
+    static const char *const submitted_labels[] = {"kind"};
+
+    svc->running = ts_metrics_simple(m, TS_METRIC_GAUGE, "tasks_running",
+                                     "Tasks whose run() is executing on a worker thread.");
+    svc->queued = ts_metrics_simple(m, TS_METRIC_GAUGE, "tasks_queued",
+                                    "Tasks accepted and waiting for a free worker thread.");
+    svc->forced = ts_metrics_simple(
+        m, TS_METRIC_COUNTER, "task_forced_cancellations_total",
+        "Tasks still queued or running when the service cancelled them at shutdown.");
+    svc->finished = ts_metrics_family(m, TS_METRIC_COUNTER, "tasks_finished_total",
+                                      "Tasks that ended, by kind and final status.", 2,
+                                      finished_labels, NULL, 0);
+    svc->submitted =
+        ts_metrics_family(m, TS_METRIC_COUNTER, "tasks_submitted_total",
+                          "Tasks accepted for running, by kind.", 1, submitted_labels, NULL, 0);
+    if (svc->running == NULL || svc->queued == NULL || svc->forced == NULL ||
+        svc->finished == NULL || svc->submitted == NULL)
+        return -ENOMEM;
+    return 0;
+}
+
+int
+ts_task_service_new(struct ts_task_service **out, const struct ts_task_service_config *cfg,
+                    struct ts_drain_view drain, struct ts_clock clock, struct ts_metrics *metrics,
+                    struct ts_log *log)
+{
+    struct ts_task_service *svc;
+    int err;
+
+    if (cfg->workers == 0 || cfg->log_events == 0 || cfg->retention_ns < 0 || metrics == NULL)
+        return -EINVAL;
+    svc = calloc(1, sizeof(*svc));
+    if (svc == NULL)
+        return -ENOMEM;
+    svc->cfg = *cfg;
+    svc->drain = drain;
+    svc->clock = clock;
+    svc->log = log;
+    svc->workers = calloc(cfg->workers, sizeof(*svc->workers));
+    if (svc->workers == NULL) {
+        err = -ENOMEM;
+        goto out_free_svc;
+    }
+    err = -pthread_mutex_init(&svc->mu, NULL);
+    if (err != 0)
+        goto out_free_workers;
+    err = ts_cond_init(&svc->work_cv);
+    if (err != 0)
+        goto out_destroy_mu;
+    err = ts_cond_init(&svc->idle_cv);
+    if (err != 0)
+        goto out_destroy_work_cv;
+    err = ts_cond_init(&svc->cleanup_cv);
+    if (err != 0)
+        goto out_destroy_idle_cv;
+    /* Last: the registry cannot take a family back. */
+    err = register_metrics(svc, metrics);
+    if (err != 0)
+        goto out_destroy_cleanup_cv;
+    *out = svc;
+    return 0;
+
+out_destroy_cleanup_cv:
+    pthread_cond_destroy(&svc->cleanup_cv);
+out_destroy_idle_cv:
+    pthread_cond_destroy(&svc->idle_cv);
+out_destroy_work_cv:
+    pthread_cond_destroy(&svc->work_cv);
+out_destroy_mu:
+    pthread_mutex_destroy(&svc->mu);
+out_free_workers:
+    free(svc->workers);
+out_free_svc:
+    free(svc);
+    return err;
+}
+
+/* svc->mu held. */
+static int
+add_kind_locked(struct ts_task_service *svc, const struct ts_task_kind *kind)
+{
+    struct kind_entry *e, **kinds;
+
+    e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        return -ENOMEM;
+    e->kind = kind;
+    /* Every series exists from the start, so a scrape shows zeros rather
+     * than nothing for a kind that has not run yet. */
+    e->submitted = ts_family_series(svc->submitted, (const char *const[]){kind->name});
+    if (e->submitted == NULL)
+        goto out_free_entry;
+    for (size_t s = 0; s < TS_ARRAY_SIZE(e->finished); s++) {
+        e->finished[s] =
+            ts_family_series(svc->finished, (const char *const[]){kind->name, status_names[s]});
+        if (e->finished[s] == NULL)
+            goto out_free_entry;
+    }
+    kinds = realloc(svc->kinds, (svc->nkinds + 1) * sizeof(*kinds));
+    if (kinds == NULL)
+        goto out_free_entry;
+    kinds[svc->nkinds++] = e;
+    svc->kinds = kinds;
+    return 0;
+
+out_free_entry:
+    free(e);
+    return -ENOMEM;
+}
+
+int
+ts_task_service_register(struct ts_task_service *svc, const struct ts_task_kind *kind)
+{
+    int err;
+
+    if (kind == NULL || kind->run == NULL || !kind_name_valid(kind->name))
+        return -EINVAL;
+    pthread_mutex_lock(&svc->mu);
+    if (svc->started)
+        err = -EBUSY;
+    else if (find_kind_locked(svc, kind->name) != NULL)
+        err = -EEXIST;
+    else
+        err = add_kind_locked(svc, kind);
+    pthread_mutex_unlock(&svc->mu);
+    return err;
+}
+
+/* Stop and join every thread, except workers left to a run() that never
+ * returned. */
+static void
+stop_threads(struct ts_task_service *svc)
+{
+    pthread_mutex_lock(&svc->mu);
+    svc->stopping = true;
+    pthread_cond_broadcast(&svc->work_cv);
+    pthread_cond_broadcast(&svc->cleanup_cv);
+    pthread_mutex_unlock(&svc->mu);
+    for (unsigned i = 0; i < svc->nthreads; i++) {
+        if (svc->workers[i].detach)
+            pthread_detach(svc->workers[i].thread);
+        else
+            pthread_join(svc->workers[i].thread, NULL);
+    }
+    svc->nthreads = 0;
+    if (svc->cleanup_started)
+        pthread_join(svc->cleanup_thread, NULL);
+    svc->cleanup_started = false;
+}
+
+int
+ts_task_service_start(struct ts_task_service *svc)
+{
+    int err;
+
+    pthread_mutex_lock(&svc->mu);
+    err = svc->started ? -EALREADY : 0;
+    svc->started = true;
+    pthread_mutex_unlock(&svc->mu);
+    if (err != 0)
+        return err;
+
+    err = -pthread_create(&svc->cleanup_thread, NULL, cleanup_main, svc);
+    if (err != 0)
+        return err;
+    svc->cleanup_started = true;
+    for (unsigned i = 0; i < svc->cfg.workers; i++) {
+        svc->workers[i].svc = svc;
+        err = -pthread_create(&svc->workers[i].thread, NULL, worker_main, &svc->workers[i]);
+        if (err != 0)
+            goto out_stop_threads;
+        svc->nthreads++;
+    }
+    return 0;
+
+out_stop_threads:
+    stop_threads(svc);
+    return err;
+}
+
+/* svc->mu held. Queued tasks end at once; running ones see their flag. */
+static uint64_t
+cancel_all_locked(struct ts_task_service *svc, const char *reason)
+{
+    struct ts_task *t;
+    uint64_t n = 0;
+
+    for (t = svc->queue_head; t != NULL; t = svc->queue_head) {
+        queue_remove_locked(svc, t);
+        request_cancel(t, reason);
+        end_task_locked(svc, t, &cancelled_result);
+        log_finished(svc, t);
+        n++;
+    }
+    for (unsigned i = 0; i < svc->cfg.workers; i++) {
+        t = svc->workers[i].current;
+        if (t == NULL || t->abandoned || !request_cancel(t, reason))
+            continue;
+        ts_log(svc->log, TS_LOG_WARN, "cancelling running task", TS_F_STR("task_id", t->id),
+               TS_F_STR("kind", t->kind->name), TS_F_STR("reason", reason), TS_F_END);
+        n++;
+    }
+    ts_series_add(svc->forced, n);
+    return n;
+}
+
+void
+ts_task_service_free(struct ts_task_service *svc)
+{
+    struct ts_task *t, *tmp;
+    struct worker *w;
+
+    if (svc == NULL)
+        return;
+    pthread_mutex_lock(&svc->mu);
+    cancel_all_locked(svc, "shutdown");
+    /*
+     * A worker whose abandoned task is still in run() cannot be joined: a C
+     * function that ignores cancellation cannot be stopped from outside. Its
+     * thread is detached and the task is left to it, with the worker's
+     * reference: freed if run() ever returns, deliberately leaked if not.
+     * `orphaned` tells the worker the service is gone.
+     */
+    for (unsigned i = 0; i < svc->cfg.workers; i++) {
+        w = &svc->workers[i];
+        t = w->current;
+        if (t == NULL || !t->abandoned)
+            continue;
+        pthread_mutex_lock(&t->mu);
+        if (!t->returned) {
+            t->orphaned = true;
+            w->detach = true;
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    pthread_mutex_unlock(&svc->mu);
+    stop_threads(svc);
+
+    HASH_ITER(hh, svc->by_id, t, tmp)
+    {
+        HASH_DEL(svc->by_id, t);
+        ts_task_unref(t);
+    }
+    for (size_t i = 0; i < svc->nkinds; i++)
+        free(svc->kinds[i]);
+    free(svc->kinds);
+    pthread_cond_destroy(&svc->cleanup_cv);
+    pthread_cond_destroy(&svc->idle_cv);
+    pthread_cond_destroy(&svc->work_cv);
+    pthread_mutex_destroy(&svc->mu);
+    free(svc->workers);
+    free(svc);
+}
+
+/* ---- what run() calls ---- */
+
+const json_t *
+ts_task_params(const struct ts_task_ctx *ctx)
+{
+    return ctx->task->params;
+}
+
+const char *
+ts_task_id(const struct ts_task_ctx *ctx)
+{
+    return ctx->task->id;
+}
+
+int
+ts_task_emit(struct ts_task_ctx *ctx, const char *event, json_t *data)
+{
+    struct ts_task *t = ctx->task;
+    char *text;
+    int err = 0;
+
+    if (data == NULL)
+        return -EINVAL;
+    text = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(data);
+    if (!ts_event_name_valid(event) || event_name_reserved(event)) {
+        free(text);
+        return -EINVAL;
+    }
+    if (text == NULL)
+        return -ENOMEM;
+
+    pthread_mutex_lock(&t->mu);
+    if (t->state == TS_TASK_DONE)
+        err = -ECANCELED; /* abandoned: "end" must stay the last event */
+    else if (ts_event_log_append(&t->log, event, text, strlen(text)) == 0)
+        err = -ENOMEM;
+    else
+        wake_waiters_locked(t);
+    pthread_mutex_unlock(&t->mu);
+    free(text);
+    return err;
+}
+
+bool
+ts_task_cancelled(const struct ts_task_ctx *ctx)
+{
+    return atomic_load(&ctx->task->cancel);
+}
+
+bool
+ts_task_sleep_ms(struct ts_task_ctx *ctx, int64_t ms)
+{
+    struct ts_task *t = ctx->task;
+    int64_t deadline;
+    bool cancelled;
+
+    if (ms <= 0)
+        return ts_task_cancelled(ctx);
+    deadline = add_ns(ts_clock_now_ns(&ctx->clock),
+                      ms > TS_NO_DEADLINE / TS_NS_PER_MS ? TS_NO_DEADLINE : ms * TS_NS_PER_MS);
+    pthread_mutex_lock(&t->mu);
+    while (!atomic_load(&t->cancel)) {
+        if (ts_clock_wait(&ctx->clock, &t->sleep_cv, &t->mu, deadline) == ETIMEDOUT)
+            break;
+    }
+    cancelled = atomic_load(&t->cancel);
+    pthread_mutex_unlock(&t->mu);
+    return cancelled;
+}
+
+/* ---- JSON ---- */
+
+json_t *
+ts_task_to_json(struct ts_task *t)
+{
+    static const char *const state_names[] = {
+        [TS_TASK_QUEUED] = "queued",
+        [TS_TASK_RUNNING] = "running",
+    };
+    bool done;
+    json_t *o;
+
+    pthread_mutex_lock(&t->mu);
+    done = t->state == TS_TASK_DONE;
+    /* "o?" makes a NULL (not done yet, or out of memory) a JSON null. One
+     * key per line: */
+    /* clang-format off */
+    o = json_pack("{s:s, s:s, s:s, s:o?, s:o?, s:o?, s:o?, s:o?, s:o?, s:I}",
+                  "id", t->id,
+                  "kind", t->kind->name,
+                  "state", done ? status_names[t->status] : state_names[t->state],
+                  "created_at", json_time(t->created_wall_ns),
+                  "started_at", json_time(t->started_wall_ns),
+                  "finished_at", json_time(t->finished_wall_ns),
+                  "reason", done && t->reason != NULL ? json_string(t->reason) : NULL,
+                  "exit_code", done ? json_integer(t->exit_code) : NULL,
+                  "signal", done && t->signal != 0 ? json_integer(t->signal) : NULL,
+                  "events", (json_int_t)ts_event_log_last_id(&t->log));
+    /* clang-format on */
+    pthread_mutex_unlock(&t->mu);
+    return o;
+}
+
+json_t *
+ts_task_service_list(struct ts_task_service *svc)
+{
+    struct ts_task *t;
+    json_t *list;
+
+    list = json_array();
+    if (list == NULL)
+        return NULL;
+    pthread_mutex_lock(&svc->mu);
+    for (t = svc->newest; t != NULL; t = t->older) {
+        if (json_array_append_new(list, ts_task_to_json(t)) != 0) {
+            json_decref(list);
+            list = NULL;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&svc->mu);
+    return list;
+}
+
+void
+ts_task_service_wake_all(struct ts_task_service *svc)
+{
+    struct ts_task *t;
+
+    pthread_mutex_lock(&svc->mu);
+    for (t = svc->newest; t != NULL; t = t->older) {
+        pthread_mutex_lock(&t->mu);
+        wake_waiters_locked(t);
+        pthread_mutex_unlock(&t->mu);
+    }
+    pthread_mutex_unlock(&svc->mu);
+}
+
+/* ---- the shutdown sequence ---- */
+
+unsigned
+ts_task_service_active(struct ts_task_service *svc)
+{
+    unsigned n;
+
+    pthread_mutex_lock(&svc->mu);
+    n = svc->nqueued + svc->nrunning;
+    pthread_mutex_unlock(&svc->mu);
+    return n;
+}
+
+int
+ts_task_service_wait_idle(struct ts_task_service *svc, int64_t until_ns)
+{
+    int err;
+
+    pthread_mutex_lock(&svc->mu);
+    for (;;) {
+        if (svc->interrupted) {
+            svc->interrupted = false;
+            err = -EINTR;
+            break;
+        }
+        if (svc->nqueued + svc->nrunning == 0) {
+            err = 0;
+            break;
+        }
+        if (wait_until(svc, &svc->idle_cv, until_ns) == ETIMEDOUT) {
+            err = -ETIMEDOUT;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&svc->mu);
+    return err;
+}
+
+void
+ts_task_service_interrupt(struct ts_task_service *svc)
+{
+    pthread_mutex_lock(&svc->mu);
+    svc->interrupted = true;
+    pthread_cond_broadcast(&svc->idle_cv);
+    pthread_mutex_unlock(&svc->mu);
+}
+
+uint64_t
+ts_task_service_cancel_all(struct ts_task_service *svc, const char *reason)
+{
+    uint64_t n;
+
+    pthread_mutex_lock(&svc->mu);
+    n = cancel_all_locked(svc, reason);
+    pthread_mutex_unlock(&svc->mu);
+    return n;
+}
+
+uint64_t
+ts_task_service_finish(struct ts_task_service *svc, int64_t until_ns)
+{
+    struct ts_task *t;
+    uint64_t n = 0;
+
+    pthread_mutex_lock(&svc->mu);
+    while (svc->nrunning > 0) {
+        if (wait_until(svc, &svc->idle_cv, until_ns) == ETIMEDOUT)
+            break;
+    }
+    for (unsigned i = 0; i < svc->cfg.workers; i++) {
+        t = svc->workers[i].current;
+        if (t == NULL || t->abandoned)
+            continue;
+        /* Normally raised by cancel_all() already, with its reason. */
+        request_cancel(t, "shutdown");
+        t->abandoned = true;
+        end_task_locked(svc, t, &cancelled_result);
+        ts_log(svc->log, TS_LOG_WARN, "task abandoned: its run() ignored cancellation",
+               TS_F_STR("task_id", t->id), TS_F_STR("kind", t->kind->name), TS_F_END);
+        n++;
+    }
+    pthread_mutex_unlock(&svc->mu);
+    return n;
+}
