@@ -246,10 +246,12 @@ TS_API const json_t *ts_task_params(const struct ts_task_ctx *ctx);
 /* The task's id, 32 lowercase hex digits. */
 TS_API const char *ts_task_id(const struct ts_task_ctx *ctx);
 
-/* Append an event named `event` (letters, digits, '_', '-', '.'; at most 64)
- * with `data` as its payload; takes ownership of `data` (a new reference, any
- * JSON value) even on error. Never waits for readers. Returns 0, -EINVAL for a
- * bad name, -ENOMEM. Worker thread of this task only. */
+/* Append an event named `event` (letters, digits, '_', '-', '.'; at most 64;
+ * not "end", "gap" or "draining", which belong to the protocol) with `data` as
+ * its payload; takes ownership of `data` (a new reference, any JSON value) even
+ * on error. Never waits for readers. Returns 0, -EINVAL for a bad name or NULL
+ * data, -ECANCELED once the task has ended (or was abandoned), -ENOMEM.
+ * Worker thread of this task only. */
 TS_API int ts_task_emit(struct ts_task_ctx *ctx, const char *event, json_t *data);
 
 /* True once the task should stop (client DELETE, shutdown deadline). */

@@ -54,7 +54,8 @@ int ts_task_service_new(struct ts_task_service **out, const struct ts_task_servi
                         struct ts_drain_view drain, struct ts_clock clock,
                         struct ts_metrics *metrics, struct ts_log *log);
 
-/* Before start only. -EEXIST for a taken name, -EINVAL for a bad one. */
+/* Before start only (-EBUSY after). -EEXIST for a taken name, -EINVAL for a
+ * bad one ([a-z0-9_-]{1,64}). */
 int ts_task_service_register(struct ts_task_service *svc, const struct ts_task_kind *kind);
 
 /* Start workers and the cleanup thread. */
