@@ -199,6 +199,17 @@ TS_API void ts_coordinator_set_stopped(struct ts_coordinator *c);
 
 TS_API void ts_coordinator_status(struct ts_coordinator *c, struct ts_drain_status *out);
 
+/* Called after every state change, with a snapshot of the new status, on the
+ * thread that made the change. It must not block, nor call subscribe or
+ * unsubscribe; it may read the status. */
+typedef void ts_drain_cb(void *arg, const struct ts_drain_status *st);
+
+/* Hear about state changes (e.g. to tell a supervisor). Returns an id >= 0,
+ * or -ENOSPC when all slots are taken. After ts_coordinator_unsubscribe()
+ * returns, the callback is not running and will not run again. */
+TS_API int ts_coordinator_subscribe(struct ts_coordinator *c, ts_drain_cb *cb, void *arg);
+TS_API void ts_coordinator_unsubscribe(struct ts_coordinator *c, int id);
+
 TS_API const char *ts_drain_state_name(enum ts_drain_state s);
 TS_API const char *ts_drain_reason_name(enum ts_drain_reason r);
 
@@ -291,6 +302,9 @@ TS_API int ts_server_register_kind(struct ts_server *srv, const struct ts_task_k
 /* Start the workers and both listeners. Logs one "listening" line per
  * listener with its bound address. */
 TS_API int ts_server_start(struct ts_server *srv);
+
+/* Tasks queued or running. Any thread. */
+TS_API unsigned ts_server_tasks_active(struct ts_server *srv);
 
 /* Bound ports (useful with port 0). 0 before start. */
 TS_API int ts_server_port(const struct ts_server *srv);

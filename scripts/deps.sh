@@ -4,7 +4,7 @@
 # As root it calls apt-get; otherwise sudo apt-get.
 set -eu
 
-build="cmake ninja-build gcc clang pkg-config libmicrohttpd-dev libjansson-dev uthash-dev"
+build="cmake ninja-build gcc clang pkg-config libmicrohttpd-dev libjansson-dev uthash-dev libsystemd-dev"
 test="$build libcmocka-dev python3 python3-pytest curl prometheus libclang-rt-14-dev"
 bench="$build nginx libnginx-mod-nchan"
 

@@ -298,10 +298,9 @@ view_status(void *self, struct ts_drain_status *out)
     ts_coordinator_status(self, out);
 }
 
-static int
-view_subscribe(void *self, ts_drain_cb *cb, void *arg)
+int
+ts_coordinator_subscribe(struct ts_coordinator *c, ts_drain_cb *cb, void *arg)
 {
-    struct ts_coordinator *c = self;
     int id = -ENOSPC;
 
     pthread_mutex_lock(&c->notify_mu);
@@ -317,17 +316,27 @@ view_subscribe(void *self, ts_drain_cb *cb, void *arg)
     return id;
 }
 
-static void
-view_unsubscribe(void *self, int id)
+void
+ts_coordinator_unsubscribe(struct ts_coordinator *c, int id)
 {
-    struct ts_coordinator *c = self;
-
     if (id < 0 || id >= MAX_SUBSCRIBERS)
         return;
     pthread_mutex_lock(&c->notify_mu);
     c->subs[id].cb = NULL;
     c->subs[id].arg = NULL;
     pthread_mutex_unlock(&c->notify_mu);
+}
+
+static int
+view_subscribe(void *self, ts_drain_cb *cb, void *arg)
+{
+    return ts_coordinator_subscribe(self, cb, arg);
+}
+
+static void
+view_unsubscribe(void *self, int id)
+{
+    ts_coordinator_unsubscribe(self, id);
 }
 
 static const struct ts_drain_ops coordinator_ops = {

@@ -11,11 +11,6 @@
 #include "clock.h"
 #include "taskstream.h"
 
-/* Called after every state change, with a snapshot of the new status, on the
- * thread that made the change. It must not block, nor call subscribe or
- * unsubscribe; it may read the view. */
-typedef void ts_drain_cb(void *arg, const struct ts_drain_status *st);
-
 struct ts_drain_ops {
     bool (*is_draining)(void *self); /* draining, stopping or stopped */
     void (*status)(void *self, struct ts_drain_status *out);

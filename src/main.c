@@ -14,6 +14,13 @@
  * it (skip the waits). The main thread waits for the request, runs the stop
  * sequence, logs one summary line and exits 0.
  *
+ * Under systemd (Type=notify) it speaks the notify protocol through
+ * libsystemd's sd_notify(), a no-op without NOTIFY_SOCKET: READY=1 once both
+ * listeners are up, STOPPING=1 when a signal starts the shutdown, STATUS=
+ * lines for every state change and, while the stop sequence waits for
+ * tasks, the running count once a second with EXTEND_TIMEOUT_USEC, for as
+ * long as the wait stays within our own budget.
+ *
  * Exit codes: 0 after a shutdown, 1 when start-up fails (e.g. a port is
  * taken), 2 for an invalid configuration.
  */
@@ -26,6 +33,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
+
+#include "clock.h"
 #include "log.h"
 #include "taskstream.h"
 
@@ -37,6 +47,11 @@ extern char **environ;
 /* Descriptors beyond the connection cap: listeners, epoll, eventfds, logs,
  * command pipes. */
 #define FD_RESERVE 256
+
+/* Our stop budget beyond GRACEFUL_SHUTDOWN_TIMEOUT + KILL_GRACE (see
+ * docs/operations.md), and how often the supervisor hears about progress. */
+#define STOP_MARGIN_NS (10 * TS_NS_PER_S)
+#define PROGRESS_EVERY_NS TS_NS_PER_S
 
 struct signal_thread {
     pthread_t thread;
@@ -72,6 +87,82 @@ take_signals(void *arg)
     }
 }
 
+/* Tell systemd about each lifecycle change (coordinator callback). */
+static void
+notify_state(void *arg, const struct ts_drain_status *st)
+{
+    (void)arg;
+    if (st->state == TS_STATE_SERVING)
+        sd_notify(0, "STATUS=serving");
+    else if (st->state == TS_STATE_DRAINING && st->shutdown_requested)
+        sd_notifyf(0, "STOPPING=1\nSTATUS=draining (%s%s%s): waiting for running tasks",
+                   ts_drain_reason_name(st->reason), st->signal_name[0] != '\0' ? " " : "",
+                   st->signal_name);
+    else if (st->state == TS_STATE_DRAINING)
+        sd_notify(0, "STATUS=draining (manual): not taking new tasks");
+    else if (st->state == TS_STATE_STOPPING)
+        sd_notify(0, "STATUS=stopping: cancelling what is left, flushing streams");
+}
+
+struct progress {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done; /* guarded by mu */
+    struct ts_server *srv;
+    int64_t budget_end_ns; /* monotonic: the end of our own stop budget */
+};
+
+/* While the stop sequence runs: the running-task count, and more time from
+ * systemd as long as we are within our budget. */
+static void *
+report_progress(void *arg)
+{
+    struct progress *p = arg;
+    struct timespec ts;
+    int64_t next = ts_monotonic_ns();
+
+    /* Sending under our own mutex (a datagram, it does not block) leaves no
+     * window in which `done` could be set and its signal missed. */
+    pthread_mutex_lock(&p->mu);
+    while (!p->done) {
+        if (p->budget_end_ns > ts_monotonic_ns())
+            sd_notifyf(0, "STATUS=draining: %u tasks running\nEXTEND_TIMEOUT_USEC=%lld",
+                       ts_server_tasks_active(p->srv), (long long)(3 * PROGRESS_EVERY_NS / 1000));
+        next += PROGRESS_EVERY_NS;
+        ts.tv_sec = next / TS_NS_PER_S;
+        ts.tv_nsec = next % TS_NS_PER_S;
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void
+shutdown_with_progress(struct ts_server *srv, const struct ts_config *cfg,
+                       struct ts_shutdown_report *rep)
+{
+    struct progress p = {.srv = srv};
+    bool reporting;
+
+    p.budget_end_ns = ts_monotonic_ns() +
+                      (cfg->graceful_shutdown_timeout_ms + cfg->kill_grace_ms) * TS_NS_PER_MS +
+                      STOP_MARGIN_NS;
+    pthread_mutex_init(&p.mu, NULL);
+    reporting = ts_cond_init(&p.cv) == 0 &&
+                pthread_create(&p.thread, NULL, report_progress, &p) == 0;
+    ts_server_shutdown(srv, rep);
+    if (reporting) {
+        pthread_mutex_lock(&p.mu);
+        p.done = true;
+        pthread_cond_signal(&p.cv);
+        pthread_mutex_unlock(&p.mu);
+        pthread_join(p.thread, NULL);
+        pthread_cond_destroy(&p.cv);
+    }
+    pthread_mutex_destroy(&p.mu);
+}
+
 /* Raise the soft descriptor limit to the hard one and warn when the
  * connection cap cannot be honoured. */
 static void
@@ -104,6 +195,7 @@ main(int argc, char **argv)
     struct signal_thread sigs;
     struct sigaction ign = {.sa_handler = SIG_IGN};
     char err[512];
+    int status = 1; /* the exit status if start-up fails */
     int rc;
 
     /* Before any thread exists, so every thread inherits the mask. */
@@ -150,6 +242,8 @@ main(int argc, char **argv)
     if (rc != 0)
         goto out_fail;
     rc = ts_server_new(&srv, &cfg, coord, log);
+    if (rc == -EINVAL)
+        status = 2; /* a configuration file is wrong: the server logged which and where */
     if (rc != 0)
         goto out_fail;
     rc = ts_server_start(srv);
@@ -166,9 +260,11 @@ main(int argc, char **argv)
     rc = -pthread_create(&sigs.thread, NULL, take_signals, &sigs);
     if (rc != 0)
         goto out_fail;
+    ts_coordinator_subscribe(coord, notify_state, NULL);
+    sd_notifyf(0, "READY=1\nSTATUS=serving\nMAINPID=%lu", (unsigned long)getpid());
 
     ts_coordinator_wait_shutdown(coord);
-    ts_server_shutdown(srv, &rep);
+    shutdown_with_progress(srv, &cfg, &rep);
     ts_log(log, TS_LOG_INFO, "shutdown complete", TS_F_STR("reason", ts_drain_reason_name(rep.reason)),
            TS_F_STR("signal", rep.signal_name[0] != '\0' ? rep.signal_name : NULL),
            TS_F_DBL("duration_seconds", rep.duration_s), TS_F_UINT("forced_cancellations", rep.forced),
@@ -187,11 +283,13 @@ main(int argc, char **argv)
     return 0;
 
 out_fail:
-    ts_log(log, TS_LOG_ERROR, "start-up failed", TS_F_STR("error", ts_strerror(rc)), TS_F_END);
+    ts_log(log, TS_LOG_ERROR,
+           status == 2 ? "start-up failed: invalid configuration" : "start-up failed",
+           TS_F_STR("error", ts_strerror(rc)), TS_F_END);
     ts_server_free(srv);
     ts_coordinator_free(coord);
     ts_log_free(log);
 out_config:
     ts_config_dispose(&cfg);
-    return 1;
+    return status;
 }

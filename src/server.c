@@ -18,7 +18,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "command.h"
 #include "server.h"
+
+/* The environment the commands' "env.allow" lists copy from, read once at
+ * start-up: passing variables on is what an allow-list is for. */
+extern char **environ;
 
 /* Streams get this long to flush their final events before the listener
  * closes; a client that does not read by then is cut. */
@@ -173,6 +178,22 @@ ts_server_new(struct ts_server **out, const struct ts_config *cfg, struct ts_coo
     err = ts_task_service_register(srv->tasks, ts_ticker_kind());
     if (err != 0)
         goto out_tasks;
+    if (cfg->commands_file != NULL && cfg->commands_file[0] != '\0') {
+        char cerr[512];
+
+        err = ts_commands_load(&srv->commands, cfg->commands_file, environ, cfg->kill_grace_ms,
+                               log, cerr, sizeof(cerr));
+        if (err != 0) {
+            ts_log(log, TS_LOG_ERROR, "invalid COMMANDS_FILE", TS_F_STR("error", cerr),
+                   TS_F_END);
+            goto out_tasks;
+        }
+        err = ts_task_service_register(srv->tasks, ts_commands_kind(srv->commands));
+        if (err != 0)
+            goto out_tasks;
+        ts_log(log, TS_LOG_INFO, "commands loaded", TS_F_STR("file", cfg->commands_file),
+               TS_F_UINT("count", ts_commands_count(srv->commands)), TS_F_END);
+    }
 
     scfg = (struct ts_sse_config){
         .tasks = srv->tasks,
@@ -198,6 +219,7 @@ out_sse:
     ts_sse_free(srv->sse);
 out_tasks:
     ts_task_service_free(srv->tasks);
+    ts_commands_free(srv->commands); /* after the service: its kind outlives it */
 out_metrics:
     ts_metrics_free(srv->metrics);
 out_cond:
@@ -326,6 +348,12 @@ out_admin:
     ts_http_stop(srv->admin_http);
     srv->admin_http = NULL;
     return err;
+}
+
+unsigned
+ts_server_tasks_active(struct ts_server *srv)
+{
+    return ts_task_service_active(srv->tasks);
 }
 
 int
@@ -491,6 +519,7 @@ ts_server_free(struct ts_server *srv)
         ts_drain_unsubscribe(&srv->drain, srv->drain_sub);
     ts_sse_free(srv->sse);
     ts_task_service_free(srv->tasks);
+    ts_commands_free(srv->commands);
     ts_metrics_free(srv->metrics);
     pthread_cond_destroy(&srv->hk_cv);
     pthread_mutex_destroy(&srv->hk_mu);
