@@ -16,8 +16,11 @@ build: deps
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
+# The demo allow-list of command tasks; `make run COMMANDS_FILE=` runs without.
+COMMANDS_FILE ?= examples/commands.json
+
 run: build
-	$(BUILD)/taskstreamd $(RUN_ARGS)
+	COMMANDS_FILE="$(COMMANDS_FILE)" $(BUILD)/taskstreamd $(RUN_ARGS)
 
 docs: build
 	$(BUILD)/taskstreamd --help-markdown > docs/configuration.md

@@ -87,6 +87,11 @@ struct ts_config {
     unsigned http_threads;           /* libmicrohttpd threads on the public listener */
 
     char *commands_file; /* JSON allow-list of command tasks; NULL: none */
+    /* The environment that command tasks' "env.allow" lists copy from, once,
+     * when the server is created: NULL-terminated "NAME=value" strings,
+     * borrowed (ts_config_parse() sets it to the envp it was given); NULL for
+     * none. Not a setting: the library never reads the environment itself. */
+    char *const *env;
 
     enum ts_log_format log_format;
     enum ts_log_level log_level;

@@ -1086,6 +1086,7 @@ ts_config_parse(struct ts_config *cfg, char *const envp[], int argc, char *const
     rc = check_budget(&next, err, errlen);
     if (rc != 0)
         goto out_dispose_next;
+    next.env = envp;
     ts_config_dispose(cfg);
     *cfg = next;
     return TS_CONFIG_OK;

@@ -21,9 +21,6 @@
 #include "command.h"
 #include "server.h"
 
-/* The environment the commands' "env.allow" lists copy from, read once at
- * start-up: passing variables on is what an allow-list is for. */
-extern char **environ;
 
 /* Streams get this long to flush their final events before the listener
  * closes; a client that does not read by then is cut. */
@@ -181,7 +178,7 @@ ts_server_new(struct ts_server **out, const struct ts_config *cfg, struct ts_coo
     if (cfg->commands_file != NULL && cfg->commands_file[0] != '\0') {
         char cerr[512];
 
-        err = ts_commands_load(&srv->commands, cfg->commands_file, environ, cfg->kill_grace_ms,
+        err = ts_commands_load(&srv->commands, cfg->commands_file, cfg->env, cfg->kill_grace_ms,
                                log, cerr, sizeof(cerr));
         if (err != 0) {
             ts_log(log, TS_LOG_ERROR, "invalid COMMANDS_FILE", TS_F_STR("error", cerr),

@@ -26,6 +26,7 @@ struct ts_server {
 
     struct ts_metrics *metrics;
     struct ts_task_service *tasks;
+    struct ts_commands *commands; /* COMMANDS_FILE; NULL without one; freed after tasks */
     struct ts_sse *sse;
     struct ts_http *public_http;
     struct ts_http *admin_http;

@@ -33,7 +33,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 /* uthash calls exit() on out of memory unless told otherwise; a library
  * returns the error instead. A failed add leaves the element's hh.tbl NULL. */
@@ -89,6 +91,7 @@ struct ts_task {
     int64_t finished_wall_ns;              /* 0 until done */
     int64_t finished_ns;                   /* monotonic; 0 until done */
     char cancel_reason[CANCEL_REASON_MAX]; /* once `cancel` is set; written under svc->mu too */
+    int cancel_fd;                         /* eventfd, -1 until ts_task_cancel_fd() asks */
     struct ts_event_log log;
     uint64_t end_id;                /* 0 until done (or if appending "end" ran out of memory) */
     struct ts_task_waiter *waiters; /* intrusive list of readers */
@@ -236,6 +239,7 @@ task_new(struct ts_task_service *svc, const struct kind_entry *entry, const json
         goto out_destroy_mu;
     atomic_init(&t->refs, 1);
     atomic_init(&t->cancel, false);
+    t->cancel_fd = -1;
     t->kind = entry->kind;
     t->entry = entry;
     /* The body is never changed once parsed, so a reference is as good as a
@@ -269,6 +273,8 @@ ts_task_unref(struct ts_task *t)
 {
     if (t == NULL || atomic_fetch_sub(&t->refs, 1) != 1)
         return;
+    if (t->cancel_fd >= 0)
+        close(t->cancel_fd);
     pthread_cond_destroy(&t->sleep_cv);
     pthread_mutex_destroy(&t->mu);
     ts_event_log_dispose(&t->log);
@@ -367,6 +373,8 @@ request_cancel(struct ts_task *t, const char *reason)
         snprintf(t->cancel_reason, sizeof(t->cancel_reason), "%s", reason);
         atomic_store(&t->cancel, true);
         pthread_cond_broadcast(&t->sleep_cv);
+        if (t->cancel_fd >= 0)
+            eventfd_write(t->cancel_fd, 1);
     }
     pthread_mutex_unlock(&t->mu);
     return first;
@@ -703,6 +711,11 @@ run_task(struct worker *w, struct ts_task *t)
     pthread_mutex_lock(&t->mu);
     t->returned = true;
     orphaned = t->orphaned;
+    /* Only run() waits on it: a retained task keeps no descriptor. */
+    if (t->cancel_fd >= 0) {
+        close(t->cancel_fd);
+        t->cancel_fd = -1;
+    }
     pthread_mutex_unlock(&t->mu);
     if (orphaned) {
         ts_task_unref(t);
@@ -1115,6 +1128,30 @@ bool
 ts_task_cancelled(const struct ts_task_ctx *ctx)
 {
     return atomic_load(&ctx->task->cancel);
+}
+
+int
+ts_task_cancel_fd(struct ts_task_ctx *ctx)
+{
+    struct ts_task *t = ctx->task;
+    int fd;
+
+    pthread_mutex_lock(&t->mu);
+    if (t->cancel_fd < 0) {
+        fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (fd < 0) {
+            fd = -errno;
+            goto out_unlock;
+        }
+        /* Raised before anyone asked: readable from the start. */
+        if (atomic_load(&t->cancel))
+            eventfd_write(fd, 1);
+        t->cancel_fd = fd;
+    }
+    fd = t->cancel_fd;
+out_unlock:
+    pthread_mutex_unlock(&t->mu);
+    return fd;
 }
 
 bool

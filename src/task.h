@@ -155,6 +155,13 @@ uint64_t ts_task_service_cancel_all(struct ts_task_service *svc, const char *rea
  */
 uint64_t ts_task_service_finish(struct ts_task_service *svc, int64_t until_ns);
 
+/* A descriptor that becomes readable, and stays so, once the task is
+ * cancelled: for a run() that waits in poll() on descriptors of its own
+ * (command tasks). Created on the first call, closed when run() returns;
+ * the caller neither reads nor closes it. Returns the descriptor or a
+ * negative errno. Worker thread of this task only, inside run(). */
+int ts_task_cancel_fd(struct ts_task_ctx *ctx);
+
 /* The "ticker" kind (ticker.c): count, interval_ms, payload_bytes. */
 const struct ts_task_kind *ts_ticker_kind(void);
 
