@@ -570,6 +570,17 @@ find_kind_locked(struct ts_task_service *svc, const char *name)
 
 /* ---- submit, find, cancel ---- */
 
+/* Workers not inside a run(). svc->mu held. */
+static unsigned
+idle_workers_locked(const struct ts_task_service *svc)
+{
+    unsigned idle = 0;
+
+    for (unsigned i = 0; i < svc->cfg.workers; i++)
+        idle += svc->workers[i].current == NULL;
+    return idle;
+}
+
 int
 ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task **out, char *err,
                size_t errlen)
@@ -619,7 +630,10 @@ ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task *
         rc = -ESHUTDOWN;
         goto out_unlock;
     }
-    if (svc->nqueued >= svc->cfg.max_queued) {
+    /* The queue bounds tasks that wait: those an idle worker is about to
+     * take do not count, so a burst no larger than the idle workers always
+     * gets in, even with MAX_QUEUED_TASKS=0. */
+    if (svc->nqueued >= svc->cfg.max_queued + idle_workers_locked(svc)) {
         snprintf(err, errlen, "the task queue is full (%u queued)", svc->nqueued);
         rc = -EAGAIN;
         goto out_unlock;
