@@ -18,16 +18,24 @@
  * Last-Event-ID and gets a "gap" event). A frame larger than MHD's buffer is
  * sent in pieces while the stream holds a reference to it.
  *
+ * A client that stops reading altogether is never called back at all (its
+ * socket buffer stays full), so the same check runs from the outside too:
+ * ts_sse_heartbeat() looks for streams that are behind the log and have not
+ * written for a heartbeat interval, and shuts their sockets down; MHD then
+ * closes the connection on its own thread.
+ *
  * A suspended connection never times out and never notices that its client
  * went away, so ts_sse_heartbeat() (every half heartbeat interval, from the
- * server's housekeeping thread) wakes idle streams, which write a comment
- * line when they have been quiet for that long: dead clients are found by
- * the failed write.
+ * server's housekeeping thread) also wakes idle streams, which write a
+ * comment line when they have been quiet for that long: dead clients are
+ * found by the failed write.
  *
  * Threads: read_stream() and free_stream() run on the connection's MHD
  * thread; wake() runs on whichever thread changed the task. Fields marked
  * "task lock" are guarded by the task's mutex; the others belong to the MHD
- * thread.
+ * thread. `streams_mu` guards the list of all streams and is taken before a
+ * task's lock, never while holding one. A listed stream's socket is open:
+ * MHD closes it only after free_stream() has unlisted the stream.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -35,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "sse.h"
 
@@ -44,6 +53,8 @@ struct ts_sse {
     atomic_bool closing; /* set before the tasks' locks are taken to wake */
     pthread_mutex_t idle_mu;
     pthread_cond_t idle_cv; /* broadcast when `active` drops to 0 */
+    pthread_mutex_t streams_mu;
+    struct stream *streams; /* every open stream; streams_mu */
     int drain_sub;
     struct ts_series *events_sent;
     struct ts_series *slow_closed;
@@ -53,6 +64,10 @@ struct ts_sse {
 struct stream {
     struct ts_task_waiter waiter; /* task lock */
     bool suspended;               /* task lock: the connection is suspended by us */
+    bool cut;                     /* task lock: closed as a slow consumer, counted */
+    int64_t last_write_ns;        /* task lock */
+    struct stream *prev, *next;   /* the server's list; streams_mu */
+    int fd;                       /* the connection's socket */
 
     struct ts_sse *sse;
     struct MHD_Connection *conn;
@@ -65,7 +80,6 @@ struct stream {
     char pending[64];     /* "retry:" hint, then heartbeats */
     size_t pending_len, pending_off;
     bool drain_sent;
-    int64_t last_write_ns;
 };
 
 static double
@@ -98,6 +112,7 @@ ts_sse_new(struct ts_sse **out, const struct ts_sse_config *cfg)
     atomic_init(&sse->active, 0);
     atomic_init(&sse->closing, false);
     pthread_mutex_init(&sse->idle_mu, NULL);
+    pthread_mutex_init(&sse->streams_mu, NULL);
     err = ts_cond_init(&sse->idle_cv);
     if (err != 0)
         goto out_free;
@@ -127,6 +142,7 @@ ts_sse_new(struct ts_sse **out, const struct ts_sse_config *cfg)
 out_cond:
     pthread_cond_destroy(&sse->idle_cv);
 out_free:
+    pthread_mutex_destroy(&sse->streams_mu);
     pthread_mutex_destroy(&sse->idle_mu);
     free(sse);
     return err;
@@ -139,6 +155,7 @@ ts_sse_free(struct ts_sse *sse)
         return;
     ts_drain_unsubscribe(&sse->cfg.drain, sse->drain_sub);
     pthread_cond_destroy(&sse->idle_cv);
+    pthread_mutex_destroy(&sse->streams_mu);
     pthread_mutex_destroy(&sse->idle_mu);
     free(sse);
 }
@@ -161,9 +178,42 @@ ts_sse_wait_idle(struct ts_sse *sse, int64_t until_ns)
     return atomic_load(&sse->active) == 0 ? 0 : -ETIMEDOUT;
 }
 
+/* Behind the log and silent for a heartbeat interval: the client stopped
+ * reading. Task lock held. */
+static bool
+stalled_locked(const struct stream *s, int64_t now)
+{
+    return !s->cut && !s->suspended &&
+           s->next_id < ts_event_log_first_id(ts_task_log_locked(s->task)) &&
+           now - s->last_write_ns >= s->sse->cfg.heartbeat_ns;
+}
+
+static void
+count_slow(struct stream *s)
+{
+    s->cut = true;
+    ts_series_inc(s->sse->slow_closed);
+    ts_log(s->sse->cfg.log, TS_LOG_INFO, "slow SSE consumer closed",
+           TS_F_STR("task", ts_task_get_id(s->task)), TS_F_UINT("next_id", s->next_id),
+           TS_F_UINT("oldest_retained", ts_event_log_first_id(ts_task_log_locked(s->task))),
+           TS_F_END);
+}
+
 void
 ts_sse_heartbeat(struct ts_sse *sse)
 {
+    int64_t now = ts_clock_now_ns(&sse->cfg.clock);
+
+    pthread_mutex_lock(&sse->streams_mu);
+    for (struct stream *s = sse->streams; s != NULL; s = s->next) {
+        ts_task_lock(s->task);
+        if (stalled_locked(s, now)) {
+            count_slow(s);
+            shutdown(s->fd, SHUT_RDWR);
+        }
+        ts_task_unlock(s->task);
+    }
+    pthread_mutex_unlock(&sse->streams_mu);
     ts_task_service_wake_all(sse->cfg.tasks);
 }
 
@@ -258,10 +308,8 @@ fill(struct stream *s, char *buf, size_t max, ssize_t *end, uint64_t *sent)
     }
     if (s->next_id < ts_event_log_first_id(log)) {
         *end = MHD_CONTENT_READER_END_WITH_ERROR;
-        ts_series_inc(sse->slow_closed);
-        ts_log(sse->cfg.log, TS_LOG_INFO, "slow SSE consumer closed",
-               TS_F_STR("task", ts_task_get_id(s->task)), TS_F_UINT("next_id", s->next_id),
-               TS_F_UINT("oldest_retained", ts_event_log_first_id(log)), TS_F_END);
+        if (!s->cut)
+            count_slow(s);
         return 0;
     }
     while (n < max && s->next_id <= ts_event_log_last_id(log)) {
@@ -311,12 +359,12 @@ read_stream(void *cls, uint64_t pos, char *buf, size_t max)
             MHD_suspend_connection(s->conn);
         }
     }
+    if (n > 0)
+        s->last_write_ns = now;
     ts_task_unlock(s->task);
 
     if (sent > 0)
         ts_series_add(sse->events_sent, sent);
-    if (n > 0)
-        s->last_write_ns = now;
     return end != 0 ? end : (ssize_t)n;
 }
 
@@ -324,6 +372,16 @@ static void
 free_stream(void *cls)
 {
     struct stream *s = cls;
+    struct ts_sse *sse = s->sse;
+
+    pthread_mutex_lock(&sse->streams_mu);
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        sse->streams = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    pthread_mutex_unlock(&sse->streams_mu);
 
     ts_task_lock(s->task);
     ts_task_unwait_locked(s->task, &s->waiter);
@@ -343,6 +401,7 @@ unsigned
 ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *task,
             bool has_last_id, uint64_t last_id, struct MHD_Response **resp)
 {
+    const union MHD_ConnectionInfo *info;
     struct stream *s;
     const struct ts_event_log *log;
     uint64_t first, last, end_id;
@@ -390,6 +449,14 @@ ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *tas
         return 0;
     }
     s->task = ts_task_ref(task);
+    info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    s->fd = info != NULL ? info->connect_fd : -1;
+    pthread_mutex_lock(&sse->streams_mu);
+    s->next = sse->streams;
+    if (s->next != NULL)
+        s->next->prev = s;
+    sse->streams = s;
+    pthread_mutex_unlock(&sse->streams_mu);
     atomic_fetch_add(&sse->active, 1);
     MHD_add_response_header(*resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(*resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
