@@ -366,7 +366,7 @@ def daemon(request, binary, workdir):
         d = Daemon(binary, base_env(env), args, path)
         started.append(d)
         if wait:
-            d.wait_listening(scaled(10))
+            d.wait_listening(scaled(15))
         return d
 
     yield start
