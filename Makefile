@@ -1,11 +1,13 @@
 # Thin wrapper over CMake + Ninja. The two commands a newcomer needs:
 #   make run    install build deps, build, start taskstreamd with a demo setup
 #   make test   install test deps, build (plain, ASan+UBSan, TSan), run the suite
+#   make bench  install nginx + nchan, build, run the benchmarks side by side and
+#               write docs/performance.md (BENCH_ARGS="..." passes options to bench/run.py)
 BUILD ?= build
 CC ?= gcc
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build run test test-plain test-asan test-tsan docs clean format
+.PHONY: all deps build run test test-plain test-asan test-tsan docs clean format bench
 
 all: build
 
@@ -49,8 +51,17 @@ test-tsan:
 	cmake --build $(BUILD)-tsan -j $(JOBS)
 	cd $(BUILD)-tsan && ctest --output-on-failure -j 2 -L threaded
 
+# The benchmarks of docs/performance.md (bench/run.py; about 8 minutes, needs the
+# machine to itself for figures worth keeping).
+bench:
+	@scripts/deps.sh bench
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS) --target taskstreamd sseload
+	python3 bench/run.py --taskstreamd $(BUILD)/taskstreamd --sseload $(BUILD)/sseload \
+		--write docs/performance.md $(BENCH_ARGS)
+
 clean:
 	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan
 
 format:
-	clang-format -i src/*.c src/*.h include/*.h tests/unit/*.c examples/*.c
+	clang-format -i src/*.c src/*.h include/*.h tests/unit/*.c examples/*.c bench/*.c

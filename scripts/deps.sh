@@ -4,9 +4,12 @@
 # As root it calls apt-get; otherwise sudo apt-get.
 set -eu
 
-build="cmake ninja-build gcc clang pkg-config libmicrohttpd-dev libjansson-dev uthash-dev libsystemd-dev"
-test="$build libcmocka-dev python3 python3-pytest curl prometheus libclang-rt-14-dev"
-bench="$build nginx libnginx-mod-nchan"
+# xxd embeds the dashboard (web/) into the binary at build time.
+build="cmake ninja-build gcc clang pkg-config libmicrohttpd-dev libjansson-dev uthash-dev libsystemd-dev xxd"
+# chromium, nginx, node: the real clients and proxy of tests/e2e (the npm
+# packages they use are installed by the tests from their lockfile).
+test="$build libcmocka-dev python3 python3-pytest python3-yaml curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx"
+bench="$build python3 nginx libnginx-mod-nchan"
 
 case "${1:-build}" in
 build) want=$build ;;
@@ -21,10 +24,28 @@ for p in $want; do
         missing="$missing $p"
     fi
 done
+# node and npm are looked for as commands: a NodeSource nodejs carries its
+# own npm and conflicts with Debian's npm package.
+if [ "$want" = "$test" ]; then
+    command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+    command -v npm >/dev/null 2>&1 || missing="$missing npm"
+fi
 [ -z "$missing" ] && exit 0
 
 echo "installing:$missing" >&2
 if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
-$sudo apt-get update -qq
-# prometheus is wanted only for promtool: do not let its postinst start a server.
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+# Wait for another apt/dpkg run (unattended upgrades, a parallel build) rather
+# than fail on its lock.
+lock="-o DPkg::Lock::Timeout=600"
+$sudo apt-get $lock update -qq
+# We want promtool, nginx and chromium as programs the tests start themselves:
+# their packages must not start system services (prometheus would take port
+# 9090, nginx port 80). policy-rc.d is Debian's switch for that; ours is
+# removed again afterwards, and an existing one is left alone.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    trap '$sudo rm -f "$policy"' EXIT
+fi
+DEBIAN_FRONTEND=noninteractive $sudo apt-get $lock install -y -qq --no-install-recommends $missing >/dev/null

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "dashboard.h"
 #include "server.h"
 
 #define RETRY_AFTER_DRAINING "5"
@@ -222,5 +223,7 @@ const struct ts_route ts_api_routes[] = {
      .max_body = SIZE_MAX}, /* the configured cap is applied in server.c */
     {.name = "task", .pattern = "/v1/tasks/{id}", .get = get_task, .del = delete_task},
     {.name = "events", .pattern = "/v1/tasks/{id}/events", .get = get_events},
+    {.name = "dashboard", .pattern = "/", .get = ts_dashboard_page},
+    {.name = "assets", .pattern = "/assets/{id}", .get = ts_dashboard_asset},
 };
 const size_t ts_api_nroutes = sizeof(ts_api_routes) / sizeof(ts_api_routes[0]);

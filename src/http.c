@@ -25,6 +25,7 @@
  */
 #include <errno.h>
 #include <netdb.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +49,7 @@ struct ts_http {
     char *name;
     struct MHD_Daemon *daemon;
     int port;
-    int listen_fd; /* valid until ts_http_stop() */
+    atomic_bool refusing; /* ts_http_quiesce() was called */
 
     pthread_mutex_t conns_mu;
     struct conn_info *waiting; /* connections whose headers are not in yet */
@@ -504,6 +505,28 @@ on_mhd_log(void *cls, const char *fmt, va_list ap)
            TS_F_STR("detail", msg), TS_F_END);
 }
 
+/*
+ * New connections are accepted and closed at once, so clients fail fast
+ * instead of waiting in the backlog. Not MHD_quiesce_daemon(): with a thread
+ * pool in epoll mode it races the workers' own epoll bookkeeping in 0.9.75
+ * and can abort the process ("Failed to remove listen FD from epoll set").
+ */
+void
+ts_http_quiesce(struct ts_http *h)
+{
+    atomic_store(&h->refusing, true);
+}
+
+static enum MHD_Result
+on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    struct ts_http *h = cls;
+
+    (void)addr;
+    (void)addrlen;
+    return atomic_load(&h->refusing) ? MHD_NO : MHD_YES;
+}
+
 /* ---- lifecycle ---- */
 
 static int
@@ -569,7 +592,7 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
         goto out_free;
     }
     pthread_mutex_init(&h->conns_mu, NULL);
-    h->listen_fd = -1;
+    atomic_init(&h->refusing, false);
 
     rc = resolve(cfg->listen, &ss, &sslen, err, sizeof(err));
     if (rc != 0) {
@@ -606,7 +629,7 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
         if (cfg->threads > 1)
             opts[TS_ARRAY_SIZE(opts) - 2] =
                 (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, cfg->threads, NULL};
-        h->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_ARRAY, opts,
+        h->daemon = MHD_start_daemon(flags, 0, on_accept, h, on_request, h, MHD_OPTION_ARRAY, opts,
                                      MHD_OPTION_END);
     }
     if (h->daemon == NULL) {
@@ -617,8 +640,6 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
     }
     info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
     h->port = info != NULL ? info->port : 0;
-    info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_LISTEN_FD);
-    h->listen_fd = info != NULL ? info->listen_fd : -1;
     *out = h;
     return 0;
 
@@ -637,27 +658,11 @@ ts_http_port(const struct ts_http *h)
 }
 
 void
-ts_http_quiesce(struct ts_http *h)
-{
-    int fd = MHD_quiesce_daemon(h->daemon);
-
-    /* MHD stops polling the socket but leaves it open, so the kernel would
-     * keep completing handshakes that nobody accepts: shut it down to make
-     * new clients fail fast. It is closed after MHD_stop_daemon(). */
-    if (fd >= 0) {
-        h->listen_fd = fd;
-        shutdown(fd, SHUT_RDWR);
-    }
-}
-
-void
 ts_http_stop(struct ts_http *h)
 {
     if (h == NULL)
         return;
     MHD_stop_daemon(h->daemon);
-    if (h->listen_fd >= 0)
-        close(h->listen_fd);
     pthread_mutex_destroy(&h->conns_mu);
     free(h->name);
     free(h);

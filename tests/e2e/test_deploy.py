@@ -1,0 +1,252 @@
+"""The deployment files in deploy/ hold together: the Kubernetes manifests
+(Deployment, Service, PodDisruptionBudget) and the systemd unit.
+
+- Probes: liveness /healthz and readiness /readyz on the admin port; no
+  preStop hook (SHUTDOWN_DELAY does the endpoint-removal wait).
+- The drain key comes from a Secret mounted as a file (DRAIN_AUTH_KEY_FILE).
+- The stop budget: terminationGracePeriodSeconds (TimeoutStopSec) covers
+  GRACEFUL_SHUTDOWN_TIMEOUT + KILL_GRACE + SHUTDOWN_DELAY + 10 s, and
+  TERMINATION_GRACE_PERIOD says the same number, so the daemon checks it.
+- The daemon accepts the manifest's settings as they are, and refuses to
+  start (exit 2, naming TERMINATION_GRACE_PERIOD) when the period is 1 s
+  too short.
+"""
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tshelpers import parse_duration, scaled
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+K8S = os.path.join(REPO, "deploy", "kubernetes")
+UNIT = os.path.join(REPO, "deploy", "systemd", "taskstreamd.service")
+MARGIN_S = 10  # src/config.c BUDGET_MARGIN_MS
+
+
+def load_manifests():
+    docs = []
+    for path in sorted(glob.glob(os.path.join(K8S, "*.yaml"))):
+        with open(path) as f:
+            docs.extend((os.path.basename(path), d) for d in yaml.safe_load_all(f) if d)
+    return docs
+
+
+def one(docs, kind):
+    found = [d for _, d in docs if d.get("kind") == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def manifests():
+    docs = load_manifests()
+    dep = one(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    containers = pod["containers"]
+    assert len(containers) == 1, containers
+    c = containers[0]
+    env = {}
+    for e in c["env"]:
+        assert "value" in e, f"{e['name']}: only literal values, so the test can check them"
+        assert e["name"] not in env, f"{e['name']} set twice"
+        env[e["name"]] = str(e["value"])
+    return {"docs": docs, "deployment": dep, "pod": pod, "container": c, "env": env}
+
+
+def budget_s(env):
+    def seconds(name, default):
+        v = parse_duration(env.get(name, default))
+        assert v is not None, f"{name}={env.get(name)!r} is not a duration"
+        return v
+
+    return (seconds("GRACEFUL_SHUTDOWN_TIMEOUT", "600s") + seconds("KILL_GRACE", "10s")
+            + seconds("SHUTDOWN_DELAY", "0s") + MARGIN_S)
+
+
+def port_of(address):
+    return int(address.rsplit(":", 1)[1])
+
+
+def test_kinds_and_selectors(manifests):
+    docs = manifests["docs"]
+    kinds = sorted(d["kind"] for _, d in docs)
+    assert kinds == ["Deployment", "Kustomization", "PodDisruptionBudget", "Service"], kinds
+    dep = manifests["deployment"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    svc = one(docs, "Service")
+    assert svc["spec"]["selector"].items() <= labels.items()
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert "maxUnavailable" in pdb["spec"] or "minAvailable" in pdb["spec"]
+    # kustomization lists every other file.
+    kust = one(docs, "Kustomization")
+    others = sorted(name for name, d in docs if d["kind"] != "Kustomization")
+    assert sorted(kust["resources"]) == others
+
+    # Ports: named, matching LISTEN/ADMIN_LISTEN; the Service targets http.
+    c, env = manifests["container"], manifests["env"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports["http"] == port_of(env["LISTEN"]) and ports["admin"] == port_of(env["ADMIN_LISTEN"])
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["http"]
+    assert env["LISTEN"].startswith("0.0.0.0:") and env["ADMIN_LISTEN"].startswith("0.0.0.0:")
+
+
+def test_probes_and_no_prestop(manifests):
+    c = manifests["container"]
+    live, ready = c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]
+    assert (live["path"], live["port"]) == ("/healthz", "admin")
+    assert (ready["path"], ready["port"]) == ("/readyz", "admin")
+    assert "preStop" not in (c.get("lifecycle") or {}), "SHUTDOWN_DELAY replaces a preStop sleep"
+    # Readiness must notice a drain quickly; liveness must not kill a
+    # draining pod (it stays 200, but a hair trigger would still be wrong).
+    assert c["readinessProbe"].get("periodSeconds", 10) <= 5
+    assert c["livenessProbe"].get("failureThreshold", 3) >= 3
+
+
+def test_drain_key_from_a_secret_file(manifests):
+    env, pod, c = manifests["env"], manifests["pod"], manifests["container"]
+    assert "DRAIN_AUTH_KEY" not in env, "the key must not be in the manifest"
+    key_file = env["DRAIN_AUTH_KEY_FILE"]
+    mounts = [m for m in c["volumeMounts"] if key_file.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert len(mounts) == 1, (key_file, c["volumeMounts"])
+    assert mounts[0].get("readOnly") is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[0]["name"])
+    secret = volume["secret"]
+    rel = os.path.relpath(key_file, mounts[0]["mountPath"])
+    assert rel in [i["path"] for i in secret.get("items", [])] or "items" not in secret
+    assert secret["secretName"]
+
+
+def test_grace_period_covers_the_stop_budget(manifests):
+    pod, env = manifests["pod"], manifests["env"]
+    grace = pod["terminationGracePeriodSeconds"]
+    need = budget_s(env)
+    assert grace >= need, (f"terminationGracePeriodSeconds {grace} < GRACEFUL_SHUTDOWN_TIMEOUT + "
+                           f"KILL_GRACE + SHUTDOWN_DELAY + {MARGIN_S} = {need}")
+    assert parse_duration(env["TERMINATION_GRACE_PERIOD"]) == grace, \
+        "TERMINATION_GRACE_PERIOD must repeat terminationGracePeriodSeconds"
+    assert parse_duration(env["SHUTDOWN_DELAY"]) > 0, "endpoint removal needs a SHUTDOWN_DELAY"
+    strategy = manifests["deployment"]["spec"]["strategy"]["rollingUpdate"]
+    assert strategy["maxUnavailable"] == 0
+
+
+def local_env(env, key_file):
+    """The manifest's settings, on loopback ephemeral ports, with the key
+    file the Secret would provide."""
+    out = dict(env)
+    out.update({"LISTEN": "127.0.0.1:0", "ADMIN_LISTEN": "127.0.0.1:0",
+                "DRAIN_AUTH_KEY_FILE": key_file})
+    return out
+
+
+def test_daemon_accepts_the_manifest_settings(manifests, daemon, tmp_file):
+    key_file = tmp_file("key", "k8s-secret-key\n", 0o440)
+    d = daemon(env=local_env(manifests["env"], key_file))
+    assert d.readyz() == 200 and d.healthz() == 200
+    started = d.logs("started")[0]
+    assert started["drain_key_configured"] is True
+    assert started["graceful_shutdown_timeout_ms"] == parse_duration(
+        manifests["env"]["GRACEFUL_SHUTDOWN_TIMEOUT"]) * 1000
+    r = d.drain("k8s-secret-key")
+    assert r.status == 202, r
+    assert d.readyz() == 503 and d.healthz() == 200
+    # The stop waits SHUTDOWN_DELAY (no task runs), then exits 0.
+    assert d.stop(timeout=scaled(30)) == 0
+    assert d.summary()["reason"] == "manual"
+
+
+def test_daemon_refuses_a_grace_period_one_second_short(manifests, run_once, tmp_file):
+    key_file = tmp_file("key", "k8s-secret-key\n", 0o440)
+    env = local_env(manifests["env"], key_file)
+    grace = manifests["pod"]["terminationGracePeriodSeconds"]
+    env["TERMINATION_GRACE_PERIOD"] = f"{grace - 1}s"
+    r = run_once(env=env)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "TERMINATION_GRACE_PERIOD" in r.stderr and "too short" in r.stderr, r.stderr
+    # A larger KILL_GRACE with the manifest's period does not fit either.
+    env = local_env(manifests["env"], key_file)
+    env["KILL_GRACE"] = "30s"
+    r = run_once(env=env)
+    assert r.returncode == 2 and "TERMINATION_GRACE_PERIOD" in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------
+# systemd
+# --------------------------------------------------------------------------
+
+
+def parse_unit(path):
+    """{section: [(key, value)]}; keys may repeat (Environment=)."""
+    sections, cur = {}, None
+    with open(path) as f:
+        for raw in f:
+            line = raw.strip()
+            if not line or line[0] in "#;":
+                continue
+            m = re.fullmatch(r"\[(\w+)\]", line)
+            if m:
+                cur = sections.setdefault(m.group(1), [])
+                continue
+            k, sep, v = line.partition("=")
+            assert sep and cur is not None, f"bad unit line {raw!r}"
+            cur.append((k.strip(), v.strip()))
+    return sections
+
+
+def unit_env(service):
+    env = {}
+    for k, v in service:
+        if k == "Environment":
+            name, _, value = v.partition("=")
+            env[name] = value
+    return env
+
+
+def test_systemd_unit_budget_and_kill_mode():
+    unit = parse_unit(UNIT)
+    service = unit["Service"]
+    opts = dict(service)
+    assert opts["Type"] == "notify" and opts["NotifyAccess"] == "main"
+    assert opts["KillMode"] == "mixed", "SIGTERM must reach taskstreamd only, not its commands"
+    assert opts.get("KillSignal", "SIGTERM") == "SIGTERM"
+    env = unit_env(service)
+    stop = parse_duration(opts["TimeoutStopSec"])
+    assert stop >= budget_s(env), (stop, budget_s(env))
+    assert parse_duration(env["TERMINATION_GRACE_PERIOD"]) == stop
+    assert env["DRAIN_AUTH_KEY_FILE"].startswith("%d/"), "the key comes in as a credential"
+    cred = env["DRAIN_AUTH_KEY_FILE"][3:]
+    assert any(k == "LoadCredential" and v.startswith(cred + ":") for k, v in service)
+    assert "2" in opts["RestartPreventExitStatus"].split()
+    assert unit["Install"] == [("WantedBy", "multi-user.target")]
+
+
+def test_systemd_unit_settings_start_the_daemon(daemon, binary, tmp_path, tmp_file):
+    service = parse_unit(UNIT)["Service"]
+    env = unit_env(service)
+    env.update({"LISTEN": "127.0.0.1:0", "ADMIN_LISTEN": "127.0.0.1:0",
+                "DRAIN_AUTH_KEY_FILE": tmp_file("drain.key", "unit-key\n")})
+    d = daemon(env=env)
+    assert d.readyz() == 200
+    assert d.drain("unit-key").status == 202
+    assert d.stop(timeout=scaled(15)) == 0
+
+    # systemd's own checker, where systemd is installed (it is on Debian 12
+    # hosts; containers may lack it).
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return
+    with open(UNIT) as f:
+        text = f.read().replace("ExecStart=/usr/local/bin/taskstreamd",
+                                f"ExecStart={os.path.abspath(binary)}")
+    copy = tmp_path / "taskstreamd.service"
+    copy.write_text(text)
+    proc = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
