@@ -122,6 +122,15 @@ register_metrics(struct ts_server *srv)
         if (f != NULL)
             srv->shutdown_duration = ts_family_series(f, NULL);
     }
+    /* Both reasons exist from the start, so a rate() over them works before
+     * the first drain. */
+    for (size_t i = 0; srv->drain_requests != NULL && i < 2; i++) {
+        const char *reason = ts_drain_reason_name(i == 0 ? TS_DRAIN_REASON_SIGNAL
+                                                         : TS_DRAIN_REASON_MANUAL);
+
+        if (ts_family_series(srv->drain_requests, &reason) == NULL)
+            return -ENOMEM;
+    }
     if (srv->http_requests == NULL || srv->drain_requests == NULL ||
         srv->drain_auth_failures == NULL || srv->shutdown_duration == NULL)
         return -ENOMEM;
