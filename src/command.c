@@ -1560,6 +1560,25 @@ close_from(int lowfd)
 }
 
 /*
+ * glibc keeps two real-time signals (32 and 33) for itself and refuses to
+ * touch them, but an ignored one is inherited through fork and exec like any
+ * other: reset it with the system call. The kernel's struct sigaction (the
+ * generic layout with a restorer, as on x86-64 and arm64), not glibc's.
+ */
+static void
+reset_reserved_signal(int sig)
+{
+    struct {
+        void (*handler)(int);
+        unsigned long flags;
+        void (*restorer)(void);
+        uint64_t mask;
+    } ksa = {.handler = SIG_DFL};
+
+    syscall(SYS_rt_sigaction, sig, &ksa, NULL, sizeof(ksa.mask));
+}
+
+/*
  * After fork(), in the child: async-signal-safe calls only. Never returns.
  */
 static void __attribute__((noreturn)) child_main(const struct child_setup *cs)
@@ -1586,8 +1605,8 @@ static void __attribute__((noreturn)) child_main(const struct child_setup *cs)
      * and the mask (it blocks SIGTERM and SIGINT). Handled ones it resets
      * itself, but a handler might be installed by a sanitizer runtime. */
     for (int sig = 1; sig < NSIG; sig++) {
-        if (sig != SIGKILL && sig != SIGSTOP)
-            sigaction(sig, &dfl, NULL); /* EINVAL for the C library's own: fine */
+        if (sig != SIGKILL && sig != SIGSTOP && sigaction(sig, &dfl, NULL) != 0)
+            reset_reserved_signal(sig);
     }
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
