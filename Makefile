@@ -7,7 +7,7 @@ BUILD ?= build
 CC ?= gcc
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build run test test-plain test-asan test-tsan docs clean format bench
+.PHONY: all deps build run test test-plain test-asan test-tsan docs clean format bench fuzz
 
 all: build
 
@@ -51,6 +51,23 @@ test-tsan:
 	cmake --build $(BUILD)-tsan -j $(JOBS)
 	cd $(BUILD)-tsan && ctest --output-on-failure -j 2 -L threaded
 
+# libFuzzer on every parser (tests/fuzz), FUZZ_SECONDS each (clang only). New
+# inputs go to $(BUILD)-fuzz/corpus/<target>, seeded from tests/fuzz/corpus;
+# a crash leaves crash-* in $(BUILD)-fuzz and stops the run.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = task_request commands_file last_event_id config sse_roundtrip
+fuzz:
+	cmake -S . -B $(BUILD)-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang \
+		-DFUZZ=ON >/dev/null
+	cmake --build $(BUILD)-fuzz -j $(JOBS) $(addprefix --target fuzz_,$(FUZZ_TARGETS))
+	set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(BUILD)-fuzz/corpus/$$t; \
+		echo "== fuzz_$$t for $(FUZZ_SECONDS)s"; \
+		$(BUILD)-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
+			-dict=tests/fuzz/taskstream.dict -artifact_prefix=$(BUILD)-fuzz/ \
+			$(BUILD)-fuzz/corpus/$$t tests/fuzz/corpus/$$t; \
+	done
+
 # The benchmarks of docs/performance.md (bench/run.py; about 8 minutes, needs the
 # machine to itself for figures worth keeping).
 bench:
@@ -61,7 +78,7 @@ bench:
 		--write docs/performance.md $(BENCH_ARGS)
 
 clean:
-	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan $(BUILD)-fuzz
 
 format:
-	clang-format -i src/*.c src/*.h include/*.h tests/unit/*.c examples/*.c bench/*.c
+	clang-format -i src/*.c src/*.h include/*.h tests/unit/*.c tests/fuzz/*.c examples/*.c bench/*.c

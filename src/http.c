@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include "http.h"
@@ -398,13 +399,59 @@ reply_method_not_allowed(struct ts_http_request *req)
     return ts_http_queue(req, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
 }
 
+/* What check_header() found wrong, if anything. */
+struct header_check {
+    const char *content_length; /* the first one seen */
+    bool transfer_encoding;
+    const char *problem;
+};
+
+static enum MHD_Result
+check_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+             const char *value, size_t value_size)
+{
+    struct header_check *hc = cls;
+
+    (void)kind;
+    if (strlen(key) != key_size || strlen(value) != value_size ||
+        memchr(value, '\r', value_size) != NULL)
+        hc->problem = "a header holds a NUL or a bare CR";
+    else if (strpbrk(key, " \t") != NULL)
+        hc->problem = "whitespace in a header name";
+    else if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (hc->content_length != NULL && strcmp(hc->content_length, value) != 0)
+            hc->problem = "conflicting Content-Length headers";
+        hc->content_length = value;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        hc->transfer_encoding = true;
+    }
+    return hc->problem == NULL ? MHD_YES : MHD_NO;
+}
+
+/*
+ * Refuse the framing ambiguities RFC 9112 says a server must refuse, which
+ * libmicrohttpd 0.9.75 lets through even in strict mode: behind a proxy that
+ * reads them differently they are how requests get smuggled. Returns NULL or
+ * what is wrong.
+ */
+static const char *
+framing_problem(struct MHD_Connection *conn)
+{
+    struct header_check hc = {0};
+
+    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, check_header, &hc);
+    if (hc.problem == NULL && hc.transfer_encoding && hc.content_length != NULL)
+        hc.problem = "both Transfer-Encoding and Content-Length";
+    return hc.problem;
+}
+
 /* First call for a request: headers are in, no body yet. */
 static enum MHD_Result
 begin_request(struct ts_http *h, struct MHD_Connection *conn, const char *url, const char *method,
               void **req_cls)
 {
     struct ts_http_request *req;
-    const char *clen;
+    const char *clen, *problem;
     size_t max_body;
 
     headers_arrived(h, conn);
@@ -421,6 +468,14 @@ begin_request(struct ts_http *h, struct MHD_Connection *conn, const char *url, c
     ts_buf_init(&req->body, max_body);
     *req_cls = req;
 
+    problem = framing_problem(conn);
+    if (problem != NULL) {
+        struct MHD_Response *resp = ts_http_error_response("bad_request", "%s", problem);
+
+        if (resp != NULL)
+            MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+        return ts_http_queue(req, MHD_HTTP_BAD_REQUEST, resp);
+    }
     /* A declared body over the cap is refused before it is read. */
     clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (clen != NULL && req->route != NULL && handler_for(req->route, method) != NULL) {
@@ -622,6 +677,10 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
             {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, h},
             {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, h},
             {MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1, NULL},
+            /* Refuse what RFC 9112 says a server must refuse (conflicting
+             * Content-Length, bare CR, no Host, ...): behind a proxy, a
+             * lenient parser is a request-smuggling risk. */
+            {MHD_OPTION_STRICT_FOR_CLIENT, 1, NULL},
             {MHD_OPTION_END, 0, NULL}, /* room for the thread pool */
             {MHD_OPTION_END, 0, NULL},
         };
