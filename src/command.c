@@ -386,6 +386,52 @@ value_ok(const struct param *p, const char *value, char *why, size_t whylen)
     return true;
 }
 
+/* Patterns are the operator's, but a typo must not take the daemon down at
+ * start-up: glibc compiles stacked repetitions ("a{1,64}+++") into
+ * automata of gigabytes (found by fuzzing the loader). */
+#define PATTERN_MAX 512
+
+static bool
+stacked_quantifiers(const char *re)
+{
+    bool after_quantifier = false;
+
+    for (const char *c = re; *c != '\0'; c++) {
+        if (*c == '\\' && c[1] != '\0') {
+            c++;
+            after_quantifier = false;
+            continue;
+        }
+        if (*c == '[') { /* a bracket expression: "[]a]" and "[^]a]" hold a ']' */
+            const char *end = c + 1;
+
+            if (*end == '^')
+                end++;
+            if (*end == ']')
+                end++;
+            end = strchr(end, ']');
+            if (end == NULL)
+                return false;
+            c = end;
+            after_quantifier = false;
+            continue;
+        }
+        if (*c == '*' || *c == '+' || *c == '?' || *c == '{') {
+            if (after_quantifier)
+                return true;
+            if (*c == '{') {
+                c = strchr(c, '}');
+                if (c == NULL)
+                    return false; /* regcomp() will say what is wrong */
+            }
+            after_quantifier = true;
+        } else {
+            after_quantifier = false;
+        }
+    }
+    return false;
+}
+
 static int
 load_param(struct loader *ld, struct param *p, const char *name, const json_t *spec)
 {
@@ -411,6 +457,11 @@ load_param(struct loader *ld, struct param *p, const char *name, const json_t *s
     v = json_object_get(spec, "pattern");
     if (v == NULL || plain_string(v) == NULL || json_string_length(v) == 0)
         return load_error(ld, field, "must be a non-empty string (a POSIX extended regex)");
+    if (json_string_length(v) > PATTERN_MAX || stacked_quantifiers(json_string_value(v)))
+        return load_error(ld, field,
+                          "at most %d bytes and no quantifier right after another (e.g. "
+                          "\"{1,64}+\"): glibc's regcomp() can take gigabytes for those",
+                          PATTERN_MAX);
     p->pattern = strdup(json_string_value(v));
     if (p->pattern == NULL)
         return -ENOMEM;

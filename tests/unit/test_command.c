@@ -93,6 +93,10 @@ test_load_errors(void **state)
         {"{\"commands\": {\"a\": {\"argv\": [\"/bin/echo\", \"{w}\"], \"params\": {\"w\": "
          "\"^a$\"}}}}",
          "command \"a\": field \"params.w\": must be an object with a \"pattern\""},
+        {"{\"commands\": {\"a\": {\"argv\": [\"/bin/echo\", \"{w}\"], \"params\": {\"w\": "
+         "{\"pattern\": \"^[a-z]{1,64}++$\"}}}}}",
+         "command \"a\": field \"params.w.pattern\": at most 512 bytes and no quantifier right "
+         "after another (e.g. \"{1,64}+\"): glibc's regcomp() can take gigabytes for those"},
         {"{\"commands\": {\"a\": {\"argv\": [\"/bin/echo\", \"{w}\"], \"params\": {\"w\": {}}}}}",
          "command \"a\": field \"params.w.pattern\": must be a non-empty string (a POSIX "
          "extended regex)"},
