@@ -63,8 +63,6 @@ get_metrics(void *app, struct ts_http_request *req, const char *id)
 static bool
 authorized(struct ts_server *srv, struct ts_http_request *req, enum MHD_Result *ret)
 {
-    struct MHD_Response *resp;
-
     if (srv->cfg.drain_auth_key == NULL) {
         *ret = ts_http_reply_error(req, MHD_HTTP_FORBIDDEN, "drain_disabled",
                                    "no DRAIN_AUTH_KEY is configured, so /drain is disabled");
@@ -75,12 +73,7 @@ authorized(struct ts_server *srv, struct ts_http_request *req, enum MHD_Result *
     ts_series_inc(srv->drain_auth_failures);
     ts_log(srv->log, TS_LOG_WARN, "drain request refused: missing or wrong key",
            TS_F_STR("method", ts_http_method(req)), TS_F_END);
-    resp = ts_http_error_response("unauthorized",
-                                  "send the drain key as \"Authorization: Bearer <key>\"");
-    if (resp != NULL)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
-                                "Bearer realm=\"taskstream-admin\"");
-    *ret = ts_http_queue(req, MHD_HTTP_UNAUTHORIZED, resp);
+    *ret = ts_http_reply_unauthorized(req, "taskstream-admin", "drain key");
     return false;
 }
 

@@ -23,16 +23,9 @@
 static bool
 api_authorized(struct ts_server *srv, struct ts_http_request *req, enum MHD_Result *ret)
 {
-    struct MHD_Response *resp;
-
     if (srv->cfg.api_auth_key == NULL || ts_http_bearer_ok(req, srv->cfg.api_auth_key))
         return true;
-    resp = ts_http_error_response("unauthorized",
-                                  "send the API key as \"Authorization: Bearer <key>\"");
-    if (resp != NULL)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
-                                "Bearer realm=\"taskstream\"");
-    *ret = ts_http_queue(req, MHD_HTTP_UNAUTHORIZED, resp);
+    *ret = ts_http_reply_unauthorized(req, "taskstream", "API key");
     return false;
 }
 

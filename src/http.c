@@ -330,6 +330,20 @@ ts_http_reply_error(struct ts_http_request *req, unsigned status, const char *co
     return ts_http_queue(req, status, resp);
 }
 
+enum MHD_Result
+ts_http_reply_unauthorized(struct ts_http_request *req, const char *realm, const char *what)
+{
+    struct MHD_Response *resp;
+    char challenge[128];
+
+    resp = ts_http_error_response("unauthorized", "send the %s as \"Authorization: Bearer <key>\"",
+                                  what);
+    snprintf(challenge, sizeof(challenge), "Bearer realm=\"%s\"", realm);
+    if (resp != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, challenge);
+    return ts_http_queue(req, MHD_HTTP_UNAUTHORIZED, resp);
+}
+
 /* ---- routing ---- */
 
 /* Match `path` against `pattern`; "{id}" takes one non-empty segment. */

@@ -93,6 +93,11 @@ const char *ts_http_query(const struct ts_http_request *req, const char *name);
 /* True when "Authorization: Bearer <key>" matches `key` (constant time). */
 bool ts_http_bearer_ok(const struct ts_http_request *req, const char *key);
 
+/* Queue 401 with a Bearer challenge for `realm`, telling the client to send
+ * its `what` ("API key", "drain key") as a bearer token. */
+enum MHD_Result ts_http_reply_unauthorized(struct ts_http_request *req, const char *realm,
+                                           const char *what);
+
 /* Queue `resp` with `status`, count it in http_requests_total, add
  * "Connection: close" while draining (public listener), and destroy our
  * reference to `resp`. */

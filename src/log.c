@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 #define LINE_MAX_BYTES 8192
 /* Kept free while fields are added: room for the truncation marker and the
@@ -355,16 +356,12 @@ put_field(struct line *l, const struct ts_log_field *f, bool json)
 
 /* "2026-11-24T16:24:53.123Z" */
 static void
-format_timestamp(char out[32])
+format_timestamp(char out[TS_TIME_LEN])
 {
     struct timespec now;
-    struct tm tm;
-    size_t n;
 
     clock_gettime(CLOCK_REALTIME, &now);
-    gmtime_r(&now.tv_sec, &tm);
-    n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, 32 - n, ".%03dZ", (int)(now.tv_nsec / 1000000));
+    ts_format_time((int64_t)now.tv_sec * 1000000000 + now.tv_nsec, out);
 }
 
 static void
@@ -372,7 +369,7 @@ render(struct line *l, const struct ts_log *log, enum ts_log_level level, const 
        va_list ap)
 {
     bool json = log->format == TS_LOG_FORMAT_JSON;
-    char ts[32];
+    char ts[TS_TIME_LEN];
     bool more;
 
     l->len = 0;

@@ -374,25 +374,11 @@ ts_server_admin_port(const struct ts_server *srv)
     return srv->admin_http != NULL ? ts_http_port(srv->admin_http) : 0;
 }
 
-static const char *
-iso_time(int64_t wall_ns, char buf[32])
-{
-    time_t secs = (time_t)(wall_ns / TS_NS_PER_S);
-    struct tm tm;
-
-    size_t n;
-
-    gmtime_r(&secs, &tm);
-    n = strftime(buf, 32, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + n, 32 - n, ".%03dZ", (int)((wall_ns % TS_NS_PER_S) / TS_NS_PER_MS));
-    return buf;
-}
-
 json_t *
 ts_server_state_json(struct ts_server *srv)
 {
     struct ts_drain_status st;
-    char since[32];
+    char since[TS_TIME_LEN];
 
     ts_coordinator_status(srv->coord, &st);
     return json_pack("{s:s, s:s?, s:s?, s:s?, s:b, s:i}", "state", ts_drain_state_name(st.state),
@@ -400,7 +386,7 @@ ts_server_state_json(struct ts_server *srv)
                      st.reason != TS_DRAIN_REASON_NONE ? ts_drain_reason_name(st.reason) : NULL,
                      "signal", st.signal_name[0] != '\0' ? st.signal_name : NULL,
                      "draining_since",
-                     st.drain_started_wall_ns != 0 ? iso_time(st.drain_started_wall_ns, since)
+                     st.drain_started_wall_ns != 0 ? ts_format_time(st.drain_started_wall_ns, since)
                                                    : NULL,
                      "shutdown_requested", st.shutdown_requested, "tasks_active",
                      (json_int_t)ts_task_service_active(srv->tasks));

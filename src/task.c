@@ -181,19 +181,11 @@ event_name_reserved(const char *name)
 static json_t *
 json_time(int64_t wall_ns)
 {
-    char buf[40];
-    struct tm tm;
-    time_t secs;
-    size_t n;
+    char buf[TS_TIME_LEN];
 
     if (wall_ns <= 0)
         return json_null();
-    secs = (time_t)(wall_ns / TS_NS_PER_S);
-    if (gmtime_r(&secs, &tm) == NULL)
-        return json_null();
-    n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + n, sizeof(buf) - n, ".%03dZ", (int)(wall_ns % TS_NS_PER_S / TS_NS_PER_MS));
-    return json_string(buf);
+    return json_string(ts_format_time(wall_ns, buf));
 }
 
 /* Add without overflowing past "never". */

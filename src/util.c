@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/random.h>
 
 #include "taskstream.h"
@@ -285,4 +286,20 @@ ts_buf_take(struct ts_buf *b, size_t *len)
         p = calloc(1, 1);
     ts_buf_init(b, b->max);
     return p;
+}
+
+const char *
+ts_format_time(int64_t wall_ns, char buf[TS_TIME_LEN])
+{
+    time_t secs = (time_t)(wall_ns / 1000000000);
+    struct tm tm;
+    size_t n;
+
+    if (gmtime_r(&secs, &tm) == NULL) {
+        snprintf(buf, TS_TIME_LEN, "invalid time");
+        return buf;
+    }
+    n = strftime(buf, TS_TIME_LEN, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, TS_TIME_LEN - n, ".%03dZ", (int)(wall_ns % 1000000000 / 1000000));
+    return buf;
 }

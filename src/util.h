@@ -22,6 +22,11 @@ int ts_parse_size(const char *s, uint64_t *out);
 /* Unsigned decimal, no sign, no spaces, within [min, max]. 0 or -EINVAL. */
 int ts_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out);
 
+/* A wall-clock time (nanoseconds since the epoch) as RFC 3339 UTC with
+ * milliseconds: "2026-11-24T16:24:53.123Z". Returns `buf`. */
+#define TS_TIME_LEN 32
+const char *ts_format_time(int64_t wall_ns, char buf[TS_TIME_LEN]);
+
 /* 128 random bits as 32 lowercase hex digits plus NUL. 0 or negative errno. */
 int ts_random_id(char out[33]);
 
