@@ -26,8 +26,7 @@ countdown_validate(void *arg, const json_t *params, char *err, size_t errlen)
     json_t *from = json_object_get(params, "from");
 
     (void)arg;
-    if (!json_is_integer(from) || json_integer_value(from) < 1 ||
-        json_integer_value(from) > 1000) {
+    if (!json_is_integer(from) || json_integer_value(from) < 1 || json_integer_value(from) > 1000) {
         snprintf(err, errlen, "\"from\" must be an integer from 1 to 1000");
         return -EINVAL;
     }

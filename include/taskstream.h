@@ -118,8 +118,8 @@ enum {
  * `err` naming the setting, the value and what is allowed (secrets are never
  * echoed).
  */
-TS_API int ts_config_parse(struct ts_config *cfg, char *const envp[], int argc,
-                           char *const argv[], char *err, size_t errlen);
+TS_API int ts_config_parse(struct ts_config *cfg, char *const envp[], int argc, char *const argv[],
+                           char *err, size_t errlen);
 
 /* Write the --help text / the Markdown reference (docs/configuration.md). */
 TS_API void ts_config_help(FILE *out, const char *progname);
@@ -170,8 +170,8 @@ struct ts_drain_status {
     int64_t drain_started_ns;    /* monotonic; 0 while serving */
     int64_t drain_started_wall_ns;
     int64_t shutdown_requested_ns; /* monotonic; 0 until a signal asks to stop */
-    int64_t stopping_ns; /* monotonic; 0 until stopping */
-    int64_t stopped_ns;  /* monotonic; 0 until stopped */
+    int64_t stopping_ns;           /* monotonic; 0 until stopping */
+    int64_t stopped_ns;            /* monotonic; 0 until stopped */
 };
 
 TS_API int ts_coordinator_new(struct ts_coordinator **out);

@@ -109,7 +109,10 @@ delete_drain(void *app, struct ts_http_request *req, const char *id)
 const struct ts_route ts_admin_routes[] = {
     {.name = "healthz", .pattern = "/healthz", .get = get_healthz},
     {.name = "readyz", .pattern = "/readyz", .get = get_readyz},
-    {.name = "drain", .pattern = "/drain", .post = post_drain, .del = delete_drain,
+    {.name = "drain",
+     .pattern = "/drain",
+     .post = post_drain,
+     .del = delete_drain,
      .max_body = DRAIN_BODY_MAX},
     {.name = "metrics", .pattern = "/metrics", .get = get_metrics},
 };

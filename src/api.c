@@ -68,8 +68,8 @@ post_task(void *app, struct ts_http_request *req, const char *id)
     if (!api_authorized(srv, req, &ret))
         return ret;
     if (ts_drain_is_draining(&srv->drain))
-        return reply_with_retry(req, MHD_HTTP_SERVICE_UNAVAILABLE, RETRY_AFTER_DRAINING,
-                                "draining", "the server is draining; retry on another instance");
+        return reply_with_retry(req, MHD_HTTP_SERVICE_UNAVAILABLE, RETRY_AFTER_DRAINING, "draining",
+                                "the server is draining; retry on another instance");
     if (!is_json_type(ts_http_header(req, MHD_HTTP_HEADER_CONTENT_TYPE)))
         return ts_http_reply_error(req, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
                                    "send the task as Content-Type: application/json");
@@ -77,8 +77,8 @@ post_task(void *app, struct ts_http_request *req, const char *id)
     body = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (body == NULL)
         return ts_http_reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_json",
-                                   "invalid JSON at line %d, column %d: %s", jerr.line,
-                                   jerr.column, jerr.text);
+                                   "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
+                                   jerr.text);
     if (!json_is_object(body)) {
         json_decref(body);
         return ts_http_reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid_task",
@@ -91,16 +91,16 @@ post_task(void *app, struct ts_http_request *req, const char *id)
     case 0:
         break;
     case -ESHUTDOWN:
-        return reply_with_retry(req, MHD_HTTP_SERVICE_UNAVAILABLE, RETRY_AFTER_DRAINING,
-                                "draining", err);
+        return reply_with_retry(req, MHD_HTTP_SERVICE_UNAVAILABLE, RETRY_AFTER_DRAINING, "draining",
+                                err);
     case -EAGAIN:
         return reply_with_retry(req, MHD_HTTP_TOO_MANY_REQUESTS, RETRY_AFTER_QUEUE_FULL,
                                 "queue_full", err);
     case -ENOENT:
         return ts_http_reply_error(req, MHD_HTTP_NOT_FOUND, "unknown_kind", "%s", err);
     case -EINVAL:
-        return ts_http_reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid_parameters",
-                                   "%s", err);
+        return ts_http_reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid_parameters", "%s",
+                                   err);
     default:
         return ts_http_reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
                                    "cannot create the task: %s", ts_strerror(rc));
@@ -212,7 +212,10 @@ get_events(void *app, struct ts_http_request *req, const char *id)
 }
 
 const struct ts_route ts_api_routes[] = {
-    {.name = "tasks", .pattern = "/v1/tasks", .get = get_tasks, .post = post_task,
+    {.name = "tasks",
+     .pattern = "/v1/tasks",
+     .get = get_tasks,
+     .post = post_task,
      .max_body = SIZE_MAX}, /* the configured cap is applied in server.c */
     {.name = "task", .pattern = "/v1/tasks/{id}", .get = get_task, .del = delete_task},
     {.name = "events", .pattern = "/v1/tasks/{id}/events", .get = get_events},

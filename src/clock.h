@@ -42,7 +42,8 @@ ts_clock_wall_ns(const struct ts_clock *c)
 }
 
 static inline int
-ts_clock_wait(const struct ts_clock *c, pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ns)
+ts_clock_wait(const struct ts_clock *c, pthread_cond_t *cv, pthread_mutex_t *mu,
+              int64_t deadline_ns)
 {
     return c->ops->wait(c->self, cv, mu, deadline_ns);
 }
@@ -63,9 +64,9 @@ int64_t ts_monotonic_ns(void);
  */
 struct ts_fake_clock {
     pthread_mutex_t mu;
-    int64_t now_ns;  /* guarded by mu */
-    int64_t wall_ns; /* guarded by mu */
-    pthread_cond_t *waiting_cv;    /* the one waiter a test may have; guarded by mu */
+    int64_t now_ns;             /* guarded by mu */
+    int64_t wall_ns;            /* guarded by mu */
+    pthread_cond_t *waiting_cv; /* the one waiter a test may have; guarded by mu */
     pthread_mutex_t *waiting_mu;
 };
 

@@ -318,8 +318,8 @@ ts_http_error_response(const char *code, const char *fmt, ...)
 }
 
 enum MHD_Result
-ts_http_reply_error(struct ts_http_request *req, unsigned status, const char *code,
-                    const char *fmt, ...)
+ts_http_reply_error(struct ts_http_request *req, unsigned status, const char *code, const char *fmt,
+                    ...)
 {
     struct MHD_Response *resp;
     va_list ap;
@@ -521,8 +521,7 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
     if (*upload_data_size > 0) {
         /* Past the cap the rest is read and dropped, then answered 413: MHD
          * can only queue a response before or after the body. */
-        if (!req->body_too_large &&
-            ts_buf_append(&req->body, upload_data, *upload_data_size) != 0)
+        if (!req->body_too_large && ts_buf_append(&req->body, upload_data, *upload_data_size) != 0)
             req->body_too_large = true;
         *upload_data_size = 0;
         return MHD_YES;
@@ -557,7 +556,8 @@ on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     request_finished(h, conn);
 }
 
-static void on_mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 
 static void
 on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -599,8 +599,7 @@ on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
 /* ---- lifecycle ---- */
 
 static int
-resolve(const char *listen, struct sockaddr_storage *ss, socklen_t *sslen, char *err,
-        size_t errlen)
+resolve(const char *listen, struct sockaddr_storage *ss, socklen_t *sslen, char *err, size_t errlen)
 {
     struct addrinfo hints = {0}, *res = NULL;
     char host[256];

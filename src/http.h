@@ -51,8 +51,8 @@ struct ts_http_config {
     unsigned idle_timeout_s;
     int64_t header_timeout_ns; /* 0: none */
     unsigned threads;
-    bool suspend_resume;       /* SSE needs it */
-    bool close_when_draining;  /* answer "Connection: close" while draining */
+    bool suspend_resume;      /* SSE needs it */
+    bool close_when_draining; /* answer "Connection: close" while draining */
 
     struct ts_drain_view drain;
     struct ts_clock clock;
@@ -111,9 +111,8 @@ struct MHD_Response *ts_http_json_response(json_t *body);
 enum MHD_Result ts_http_reply_json(struct ts_http_request *req, unsigned status, json_t *body);
 
 /* Queue {"error": code, "message": <formatted>}. */
-enum MHD_Result ts_http_reply_error(struct ts_http_request *req, unsigned status,
-                                    const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+enum MHD_Result ts_http_reply_error(struct ts_http_request *req, unsigned status, const char *code,
+                                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* Build the same error body as a response, for callers adding headers. */
 struct MHD_Response *ts_http_error_response(const char *code, const char *fmt, ...)

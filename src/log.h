@@ -4,7 +4,8 @@
  *     ts_log(log, TS_LOG_INFO, "listening",
  *            TS_F_STR("listener", "public"), TS_F_INT("port", 8080), TS_F_END);
  *
- * JSON:  {"ts":"2026-11-24T16:24:53.123Z","level":"info","msg":"listening","listener":"public","port":8080}
+ * JSON:
+ * {"ts":"2026-11-24T16:24:53.123Z","level":"info","msg":"listening","listener":"public","port":8080}
  * text:  2026-11-24T16:24:53.123Z INFO listening listener=public port=8080
  *
  * Each line is written with one write(2) (lines are capped at 8 KiB, longer

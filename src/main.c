@@ -149,8 +149,8 @@ shutdown_with_progress(struct ts_server *srv, const struct ts_config *cfg,
                       (cfg->graceful_shutdown_timeout_ms + cfg->kill_grace_ms) * TS_NS_PER_MS +
                       STOP_MARGIN_NS;
     pthread_mutex_init(&p.mu, NULL);
-    reporting = ts_cond_init(&p.cv) == 0 &&
-                pthread_create(&p.thread, NULL, report_progress, &p) == 0;
+    reporting =
+        ts_cond_init(&p.cv) == 0 && pthread_create(&p.thread, NULL, report_progress, &p) == 0;
     ts_server_shutdown(srv, rep);
     if (reporting) {
         pthread_mutex_lock(&p.mu);
@@ -265,11 +265,12 @@ main(int argc, char **argv)
 
     ts_coordinator_wait_shutdown(coord);
     shutdown_with_progress(srv, &cfg, &rep);
-    ts_log(log, TS_LOG_INFO, "shutdown complete", TS_F_STR("reason", ts_drain_reason_name(rep.reason)),
+    ts_log(log, TS_LOG_INFO, "shutdown complete",
+           TS_F_STR("reason", ts_drain_reason_name(rep.reason)),
            TS_F_STR("signal", rep.signal_name[0] != '\0' ? rep.signal_name : NULL),
-           TS_F_DBL("duration_seconds", rep.duration_s), TS_F_UINT("forced_cancellations", rep.forced),
-           TS_F_UINT("abandoned", rep.abandoned), TS_F_UINT("streams_cut", rep.streams_closed),
-           TS_F_END);
+           TS_F_DBL("duration_seconds", rep.duration_s),
+           TS_F_UINT("forced_cancellations", rep.forced), TS_F_UINT("abandoned", rep.abandoned),
+           TS_F_UINT("streams_cut", rep.streams_closed), TS_F_END);
 
     pthread_kill(sigs.thread, SIG_QUIT_WAITER);
     pthread_join(sigs.thread, NULL);

@@ -21,7 +21,6 @@
 #include "command.h"
 #include "server.h"
 
-
 /* Streams get this long to flush their final events before the listener
  * closes; a client that does not read by then is cut. */
 #define FLUSH_BOUND_NS (5 * TS_NS_PER_S)
@@ -81,8 +80,7 @@ on_drain_change(void *arg, const struct ts_drain_status *st)
         srv->seen_draining = true;
         reason = ts_drain_reason_name(st->reason);
         ts_log(srv->log, TS_LOG_INFO, "draining", TS_F_STR("reason", reason),
-               TS_F_STR("signal", st->signal_name[0] != '\0' ? st->signal_name : NULL),
-               TS_F_END);
+               TS_F_STR("signal", st->signal_name[0] != '\0' ? st->signal_name : NULL), TS_F_END);
     }
     if (st->shutdown_requested && !srv->seen_shutdown) {
         srv->seen_shutdown = true;
@@ -105,8 +103,8 @@ register_metrics(struct ts_server *srv)
     struct ts_metrics *m = srv->metrics;
 
     srv->http_requests = ts_metrics_family(m, TS_METRIC_COUNTER, "http_requests_total",
-                                           "HTTP responses sent, by listener, route and status.",
-                                           3, http_labels, NULL, 0);
+                                           "HTTP responses sent, by listener, route and status.", 3,
+                                           http_labels, NULL, 0);
     srv->drain_requests =
         ts_metrics_family(m, TS_METRIC_COUNTER, "graceful_shutdown_requests_total",
                           "Drains begun, by reason (signal or manual).", 1, reason_label, NULL, 0);
@@ -115,18 +113,18 @@ register_metrics(struct ts_server *srv)
                           "Requests to /drain refused for a missing or wrong key.");
     srv->shutdown_duration = NULL;
     {
-        struct ts_family *f = ts_metrics_family(
-            m, TS_METRIC_HISTOGRAM, "task_graceful_shutdown_duration_seconds",
-            "Time from the start of a drain to the end of the stop sequence.", 0, NULL,
-            shutdown_buckets, TS_ARRAY_SIZE(shutdown_buckets));
+        struct ts_family *f =
+            ts_metrics_family(m, TS_METRIC_HISTOGRAM, "task_graceful_shutdown_duration_seconds",
+                              "Time from the start of a drain to the end of the stop sequence.", 0,
+                              NULL, shutdown_buckets, TS_ARRAY_SIZE(shutdown_buckets));
         if (f != NULL)
             srv->shutdown_duration = ts_family_series(f, NULL);
     }
     /* Both reasons exist from the start, so a rate() over them works before
      * the first drain. */
     for (size_t i = 0; srv->drain_requests != NULL && i < 2; i++) {
-        const char *reason = ts_drain_reason_name(i == 0 ? TS_DRAIN_REASON_SIGNAL
-                                                         : TS_DRAIN_REASON_MANUAL);
+        const char *reason =
+            ts_drain_reason_name(i == 0 ? TS_DRAIN_REASON_SIGNAL : TS_DRAIN_REASON_MANUAL);
 
         if (ts_family_series(srv->drain_requests, &reason) == NULL)
             return -ENOMEM;
@@ -190,8 +188,7 @@ ts_server_new(struct ts_server **out, const struct ts_config *cfg, struct ts_coo
         err = ts_commands_load(&srv->commands, cfg->commands_file, cfg->env, cfg->kill_grace_ms,
                                log, cerr, sizeof(cerr));
         if (err != 0) {
-            ts_log(log, TS_LOG_ERROR, "invalid COMMANDS_FILE", TS_F_STR("error", cerr),
-                   TS_F_END);
+            ts_log(log, TS_LOG_ERROR, "invalid COMMANDS_FILE", TS_F_STR("error", cerr), TS_F_END);
             goto out_tasks;
         }
         err = ts_task_service_register(srv->tasks, ts_commands_kind(srv->commands));
@@ -381,15 +378,13 @@ ts_server_state_json(struct ts_server *srv)
     char since[TS_TIME_LEN];
 
     ts_coordinator_status(srv->coord, &st);
-    return json_pack("{s:s, s:s?, s:s?, s:s?, s:b, s:i}", "state", ts_drain_state_name(st.state),
-                     "reason",
-                     st.reason != TS_DRAIN_REASON_NONE ? ts_drain_reason_name(st.reason) : NULL,
-                     "signal", st.signal_name[0] != '\0' ? st.signal_name : NULL,
-                     "draining_since",
-                     st.drain_started_wall_ns != 0 ? ts_format_time(st.drain_started_wall_ns, since)
-                                                   : NULL,
-                     "shutdown_requested", st.shutdown_requested, "tasks_active",
-                     (json_int_t)ts_task_service_active(srv->tasks));
+    return json_pack(
+        "{s:s, s:s?, s:s?, s:s?, s:b, s:i}", "state", ts_drain_state_name(st.state), "reason",
+        st.reason != TS_DRAIN_REASON_NONE ? ts_drain_reason_name(st.reason) : NULL, "signal",
+        st.signal_name[0] != '\0' ? st.signal_name : NULL, "draining_since",
+        st.drain_started_wall_ns != 0 ? ts_format_time(st.drain_started_wall_ns, since) : NULL,
+        "shutdown_requested", st.shutdown_requested, "tasks_active",
+        (json_int_t)ts_task_service_active(srv->tasks));
 }
 
 /* Wait for running tasks (and at least SHUTDOWN_DELAY) until the deadline,
@@ -471,12 +466,11 @@ ts_server_shutdown(struct ts_server *srv, struct ts_shutdown_report *report)
     ts_coordinator_set_stopping(srv->coord);
     forced = ts_task_service_cancel_all(srv->tasks, "shutdown");
     if (forced > 0)
-        ts_log(srv->log, TS_LOG_WARN, "cancelling tasks still running",
-               TS_F_UINT("count", forced), TS_F_END);
+        ts_log(srv->log, TS_LOG_WARN, "cancelling tasks still running", TS_F_UINT("count", forced),
+               TS_F_END);
     now = ts_clock_now_ns(&srv->clock);
-    abandoned = ts_task_service_finish(srv->tasks,
-                                       now + srv->cfg.kill_grace_ms * TS_NS_PER_MS +
-                                           FINISH_MARGIN_NS);
+    abandoned = ts_task_service_finish(srv->tasks, now + srv->cfg.kill_grace_ms * TS_NS_PER_MS +
+                                                       FINISH_MARGIN_NS);
     if (abandoned > 0)
         ts_log(srv->log, TS_LOG_ERROR, "tasks ignored cancellation and were abandoned",
                TS_F_UINT("count", abandoned), TS_F_END);

@@ -18,7 +18,7 @@
 #include "taskstream.h"
 
 struct ts_server {
-    struct ts_config cfg; /* a deep copy */
+    struct ts_config cfg;         /* a deep copy */
     struct ts_coordinator *coord; /* borrowed: the owner decides the lifecycle */
     struct ts_drain_view drain;
     struct ts_log *log; /* borrowed */
@@ -33,8 +33,8 @@ struct ts_server {
     bool started;
 
     int drain_sub;
-    struct ts_family *http_requests;   /* http_requests_total{listener,route,code} */
-    struct ts_family *drain_requests;  /* graceful_shutdown_requests_total{reason} */
+    struct ts_family *http_requests;  /* http_requests_total{listener,route,code} */
+    struct ts_family *drain_requests; /* graceful_shutdown_requests_total{reason} */
     struct ts_series *drain_auth_failures;
     struct ts_series *shutdown_duration; /* task_graceful_shutdown_duration_seconds */
     bool seen_draining;                  /* drain_sub callback state */

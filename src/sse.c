@@ -121,11 +121,11 @@ ts_sse_new(struct ts_sse **out, const struct ts_sse_config *cfg)
     sse->slow_closed =
         ts_metrics_simple(cfg->metrics, TS_METRIC_COUNTER, "sse_slow_consumers_closed_total",
                           "SSE streams closed because they fell behind the event log.");
-    sse->heartbeats = ts_metrics_simple(cfg->metrics, TS_METRIC_COUNTER,
-                                        "sse_heartbeats_sent_total",
-                                        "Heartbeat comments written to idle SSE streams.");
-    err = ts_metrics_gauge_fn(cfg->metrics, "sse_streams_active", "SSE streams open.",
-                              active_gauge, sse);
+    sse->heartbeats =
+        ts_metrics_simple(cfg->metrics, TS_METRIC_COUNTER, "sse_heartbeats_sent_total",
+                          "Heartbeat comments written to idle SSE streams.");
+    err = ts_metrics_gauge_fn(cfg->metrics, "sse_streams_active", "SSE streams open.", active_gauge,
+                              sse);
     if (sse->events_sent == NULL || sse->slow_closed == NULL || sse->heartbeats == NULL ||
         err != 0) {
         err = -ENOMEM;
@@ -398,8 +398,8 @@ free_stream(void *cls)
 }
 
 unsigned
-ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *task,
-            bool has_last_id, uint64_t last_id, struct MHD_Response **resp)
+ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *task, bool has_last_id,
+            uint64_t last_id, struct MHD_Response **resp)
 {
     const union MHD_ConnectionInfo *info;
     struct stream *s;
@@ -441,8 +441,8 @@ ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *tas
     }
     ts_task_unlock(task);
 
-    *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, read_stream, s,
-                                              free_stream);
+    *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, read_stream, s, free_stream);
     if (*resp == NULL) {
         ts_event_unref(s->gap);
         free(s);

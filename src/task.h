@@ -72,8 +72,8 @@ void ts_task_service_free(struct ts_task_service *svc);
  * -ESHUTDOWN draining, -ENOENT unknown kind (or the kind's validate said so),
  * -EINVAL invalid parameters (422), -EAGAIN queue full (429), -ENOMEM.
  */
-int ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task **out,
-                   char *err, size_t errlen);
+int ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task **out, char *err,
+                   size_t errlen);
 
 /* Look a task up by id: a new reference, or NULL. Any thread. */
 struct ts_task *ts_task_find(struct ts_task_service *svc, const char *id);

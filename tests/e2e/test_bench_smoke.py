@@ -41,7 +41,8 @@ def smoke(tmp_path_factory):
            "--taskstreamd", taskstreamd, "--sseload", sseload, "--json", str(out),
            "--slow", str(SLOW)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300 * SLOW)
-    assert proc.returncode == 0, f"bench/run.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (f"bench/run.py failed:\n{proc.stdout[-3000:]}\n"
+                                  f"{proc.stderr[-5000:]}")
     with open(out) as f:
         doc = json.load(f)
     doc["stderr"] = proc.stderr
