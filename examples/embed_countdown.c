@@ -101,8 +101,8 @@ main(int argc, char **argv)
     sigwait(&set, &sig);
     ts_coordinator_request_shutdown(coord, sig == SIGINT ? "SIGINT" : "SIGTERM");
     ts_server_shutdown(srv, &rep);
-    fprintf(stderr, "embed_countdown: stopped after %.3f s, %llu forced\n", rep.duration_s,
-            (unsigned long long)rep.forced);
+    printf("embed_countdown: stopped after %.3f s, %llu forced\n", rep.duration_s,
+           (unsigned long long)rep.forced);
 
     ts_server_free(srv);
     ts_coordinator_free(coord);
