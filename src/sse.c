@@ -55,6 +55,8 @@ struct ts_sse {
     pthread_cond_t idle_cv; /* broadcast when `active` drops to 0 */
     pthread_mutex_t streams_mu;
     struct stream *streams; /* every open stream; streams_mu */
+    pthread_mutex_t notice_mu;
+    struct ts_event *notice; /* the "draining" event, encoded once; notice_mu */
     int drain_sub;
     struct ts_series *events_sent;
     struct ts_series *slow_closed;
@@ -94,9 +96,34 @@ static void
 on_drain_change(void *arg, const struct ts_drain_status *st)
 {
     struct ts_sse *sse = arg;
+    struct ts_event *old = NULL;
 
-    if (st->state == TS_STATE_DRAINING)
+    if (st->state == TS_STATE_SERVING) { /* undrained: a later drain may have another reason */
+        pthread_mutex_lock(&sse->notice_mu);
+        old = sse->notice;
+        sse->notice = NULL;
+        pthread_mutex_unlock(&sse->notice_mu);
+        ts_event_unref(old);
+    } else if (st->state == TS_STATE_DRAINING) {
         ts_task_service_wake_all(sse->cfg.tasks);
+    }
+}
+
+/* The "draining" notice, a new reference: encoded once for every stream. */
+static struct ts_event *
+drain_notice(struct ts_sse *sse)
+{
+    struct ts_drain_status st;
+    struct ts_event *ev;
+
+    pthread_mutex_lock(&sse->notice_mu);
+    if (sse->notice == NULL) {
+        ts_drain_status(&sse->cfg.drain, &st);
+        sse->notice = ts_event_draining(ts_drain_reason_name(st.reason));
+    }
+    ev = sse->notice != NULL ? ts_event_ref(sse->notice) : NULL;
+    pthread_mutex_unlock(&sse->notice_mu);
+    return ev;
 }
 
 int
@@ -113,6 +140,7 @@ ts_sse_new(struct ts_sse **out, const struct ts_sse_config *cfg)
     atomic_init(&sse->closing, false);
     pthread_mutex_init(&sse->idle_mu, NULL);
     pthread_mutex_init(&sse->streams_mu, NULL);
+    pthread_mutex_init(&sse->notice_mu, NULL);
     err = ts_cond_init(&sse->idle_cv);
     if (err != 0)
         goto out_free;
@@ -142,6 +170,7 @@ ts_sse_new(struct ts_sse **out, const struct ts_sse_config *cfg)
 out_cond:
     pthread_cond_destroy(&sse->idle_cv);
 out_free:
+    pthread_mutex_destroy(&sse->notice_mu);
     pthread_mutex_destroy(&sse->streams_mu);
     pthread_mutex_destroy(&sse->idle_mu);
     free(sse);
@@ -154,7 +183,9 @@ ts_sse_free(struct ts_sse *sse)
     if (sse == NULL)
         return;
     ts_drain_unsubscribe(&sse->cfg.drain, sse->drain_sub);
+    ts_event_unref(sse->notice);
     pthread_cond_destroy(&sse->idle_cv);
+    pthread_mutex_destroy(&sse->notice_mu);
     pthread_mutex_destroy(&sse->streams_mu);
     pthread_mutex_destroy(&sse->idle_mu);
     free(sse);
@@ -293,11 +324,8 @@ fill(struct stream *s, char *buf, size_t max, ssize_t *end, uint64_t *sent)
             return n;
     }
     if (!s->drain_sent && ts_drain_is_draining(&sse->cfg.drain)) {
-        struct ts_drain_status st;
-        struct ts_event *ev;
+        struct ts_event *ev = drain_notice(sse);
 
-        ts_drain_status(&sse->cfg.drain, &st);
-        ev = ts_event_draining(ts_drain_reason_name(st.reason));
         s->drain_sent = true;
         if (ev != NULL) {
             put_event(s, buf, max, &n, ev);
