@@ -330,11 +330,13 @@ static const struct setting settings[] = {
         .env = "MAX_HEADER_BYTES",
         .flag = "--max-header-bytes",
         .type = T_SIZE,
-        .def = "32k",
+        .def = "8k",
         .min = 4 * KIB,
         .max = MIB,
         FIELD(max_header_bytes),
-        .help = "Memory per connection for the request line and headers.",
+        .help = "Memory per connection: the request line and headers must fit in it (else "
+                "431/414), and responses are written through it. Every open stream holds "
+                "about this much, so it sets the memory per held stream.",
     },
     {
         .name = "idle_timeout",

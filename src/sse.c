@@ -47,6 +47,8 @@
 
 #include "sse.h"
 
+#define STREAM_BLOCK_BYTES 1024
+
 struct ts_sse {
     struct ts_sse_config cfg;
     atomic_uint active;
@@ -469,8 +471,12 @@ ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *tas
     }
     ts_task_unlock(task);
 
-    *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, read_stream, s, free_stream);
+    /* The block is a buffer MHD allocates with every response but fills only
+     * for HTTP/1.0 clients (chunked replies are written straight into the
+     * connection's own buffer): kept small, it is memory every held stream
+     * would otherwise carry. */
+    *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK_BYTES, read_stream,
+                                              s, free_stream);
     if (*resp == NULL) {
         ts_event_unref(s->gap);
         free(s);

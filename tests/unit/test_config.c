@@ -135,7 +135,7 @@ test_defaults(void **state)
     assert_int_equal(cfg.max_connections, 10000);
     assert_int_equal(cfg.max_connections_per_ip, 0);
     assert_int_equal(cfg.max_body_bytes, 1 << 20);
-    assert_int_equal(cfg.max_header_bytes, 32 << 10);
+    assert_int_equal(cfg.max_header_bytes, 8 << 10);
     assert_int_equal(cfg.idle_timeout_ms, 60000);
     assert_int_equal(cfg.header_timeout_ms, 10000);
     assert_int_equal(cfg.http_threads, 2);
