@@ -68,8 +68,8 @@ fuzz:
 			$(BUILD)-fuzz/corpus/$$t tests/fuzz/corpus/$$t; \
 	done
 
-# The benchmarks of docs/performance.md (bench/run.py; about 8 minutes, needs the
-# machine to itself for figures worth keeping).
+# The benchmarks of docs/performance.md (bench/run.py; three to four minutes,
+# needs the machine to itself for figures worth keeping).
 bench:
 	@scripts/deps.sh bench
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

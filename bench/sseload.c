@@ -7,12 +7,15 @@
  *   sub   opens N event streams (GET), decodes the body (chunked, as
  *         taskstreamd sends it, or close-delimited, as nchan does), parses
  *         the SSE frames, checks that each stream's sequence has no gaps
- *         (the `id:` field, or the "n" field of the data for nchan, whose ids
- *         are not integers) and measures each event's delivery latency as
+ *         (the `id:` field, or for nchan, whose ids are not integers, the
+ *         "n" of the data, apart for each publisher connection "p", as
+ *         several publishers reach a channel in an order of their own) and
+ *         measures each event's delivery latency as
  *         CLOCK_REALTIME now minus the "sent_us" stamp the sender put in the
  *         data (same host, same clock).
  *   pub   POSTs bodies at a paced rate over a few keep-alive connections: the
- *         nchan publisher ({"n":i,"sent_us":t}) and the task-submission load.
+ *         nchan publisher ({"n":i,"p":conn,"sent_us":t}) and the
+ *         task-submission load.
  *   poll  GETs one URL in a tight keep-alive loop and stamps the first
  *         answer that is not 200: the /readyz flip after SIGTERM.
  *
@@ -20,7 +23,8 @@
  * once every stream is established (or has failed), so the driver can take
  * the server's RSS or CPU time at that point, and a "done" line at the end.
  *
- * The measurement window of sub (--window) starts when all streams are up:
+ * The measurement window of sub (--window) starts --warmup after all
+ * streams are up:
  * events stamped inside it count as deliveries and go into the latency
  * histogram; events from before (connection set-up, replay) are checked for
  * gaps but not timed. After the window the client waits (at most --grace)

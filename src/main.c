@@ -81,9 +81,10 @@ take_signals(void *arg)
     for (;;) {
         if (sigwait(&st->set, &sig) != 0 || sig == SIG_QUIT_WAITER)
             return NULL;
+        /* Drain first, log after: /readyz must flip as soon as possible. */
+        ts_coordinator_request_shutdown(st->coord, signal_name(sig));
         ts_log(st->log, TS_LOG_INFO, "signal received", TS_F_STR("signal", signal_name(sig)),
                TS_F_END);
-        ts_coordinator_request_shutdown(st->coord, signal_name(sig));
     }
 }
 
