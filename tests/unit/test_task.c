@@ -28,6 +28,7 @@
 
 #include "task.h"
 #include "util.h"
+#include "task_helpers.h"
 
 #define WAIT_NS (2 * TS_NS_PER_S)
 
@@ -459,17 +460,6 @@ frame(struct ts_task *t, uint64_t id)
         copy = strdup(ev->frame);
     ts_task_unlock(t);
     return copy;
-}
-
-static uint64_t
-last_id(struct ts_task *t)
-{
-    uint64_t id;
-
-    ts_task_lock(t);
-    id = ts_event_log_last_id(ts_task_log_locked(t));
-    ts_task_unlock(t);
-    return id;
 }
 
 static uint64_t
