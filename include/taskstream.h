@@ -65,8 +65,10 @@ struct ts_config {
     int64_t kill_grace_ms;                /* SIGTERM -> SIGKILL for command tasks */
     int64_t termination_grace_period_ms;  /* 0: unknown; else our budget must fit in it */
 
-    char *drain_auth_key; /* NULL: no key, POST /drain is refused (fail closed) */
-    char *api_auth_key;   /* NULL: the public API is open */
+    char *drain_auth_key;      /* NULL: no key, POST /drain is refused (fail closed) */
+    char *drain_auth_key_file; /* where drain_auth_key was read from; NULL: not a file */
+    char *api_auth_key;        /* NULL: the public API is open */
+    char *api_auth_key_file;   /* where api_auth_key was read from; NULL: not a file */
 
     unsigned workers;          /* worker threads running tasks */
     unsigned max_queued_tasks; /* queued (not yet running) tasks; more get 429 */
@@ -97,17 +99,36 @@ struct ts_config {
     enum ts_log_level log_level;
 };
 
+/*
+ * The stop budget: from the stop signal, the stop sequence takes at most
+ * max(graceful_shutdown_timeout + kill_grace, shutdown_delay) +
+ * TS_STOP_MARGIN_MS (streams flush for 5 s, C tasks that ignore
+ * cancellation get 2 s, and slack for exiting). A supervisor must allow
+ * this much before SIGKILL (termination_grace_period is checked against it).
+ */
+#define TS_STOP_MARGIN_MS 10000
+TS_API int64_t ts_config_stop_budget_ms(const struct ts_config *cfg);
+
 /* Fill `cfg` with the defaults. Returns 0 or -ENOMEM. */
 TS_API int ts_config_init(struct ts_config *cfg);
 
 /* Free what `cfg` owns. `cfg` may then be initialised again. */
 TS_API void ts_config_dispose(struct ts_config *cfg);
 
+/* A deep copy of `src` into `dst` (uninitialised; dispose it). 0 or -ENOMEM,
+ * with nothing to dispose on error. */
+TS_API int ts_config_copy(struct ts_config *dst, const struct ts_config *src);
+
+/* Read every key file named in `cfg` (*_auth_key_file) again into its key.
+ * All or nothing: on error `cfg` is unchanged and `err` says which file and
+ * why (never the key). Returns 0, -EINVAL or -ENOMEM. */
+TS_API int ts_config_reread_key_files(struct ts_config *cfg, char *err, size_t errlen);
+
 enum {
     TS_CONFIG_OK = 0,
     TS_CONFIG_HELP = 1,          /* --help was given: print ts_config_help() */
     TS_CONFIG_HELP_MARKDOWN = 2, /* --help-markdown: print ts_config_markdown() */
-    TS_CONFIG_VERSION = 3,       /* --version */
+    TS_CONFIG_VERSION = 3,       /* --version, -V */
 };
 
 /*
@@ -161,12 +182,16 @@ enum ts_drain_reason {
     TS_DRAIN_REASON_MANUAL,
 };
 
+#define TS_SIGNAL_NAME_LEN 16
+
 struct ts_drain_status {
     enum ts_drain_state state;
-    enum ts_drain_reason reason; /* why draining began; kept once set */
-    char signal_name[16];        /* "SIGTERM" when reason is signal, else "" */
-    bool shutdown_requested;     /* a signal asked the process to stop */
-    bool forced;                 /* a second signal: skip the remaining waits */
+    enum ts_drain_reason reason;           /* why draining began; kept once set */
+    char signal_name[TS_SIGNAL_NAME_LEN];  /* "SIGTERM" when reason is signal, else "" */
+    bool shutdown_requested;               /* a signal asked the process to stop */
+    char stop_signal[TS_SIGNAL_NAME_LEN];  /* the signal that asked, also after a manual drain */
+    bool forced;                           /* a second signal: skip the remaining waits */
+    char forced_by[TS_SIGNAL_NAME_LEN];    /* the signal that forced; "" for ts_coordinator_force */
     int64_t drain_started_ns;    /* monotonic; 0 while serving */
     int64_t drain_started_wall_ns;
     int64_t shutdown_requested_ns; /* monotonic; 0 until a signal asks to stop */
@@ -285,7 +310,9 @@ struct ts_server;
 /* What ts_server_shutdown() did, for the summary line and the metrics. */
 struct ts_shutdown_report {
     enum ts_drain_reason reason;
-    char signal_name[16];
+    char signal_name[TS_SIGNAL_NAME_LEN]; /* the signal that began the drain, "" if manual */
+    char stop_signal[TS_SIGNAL_NAME_LEN]; /* the signal that asked to stop, "" if none */
+    char forced_by[TS_SIGNAL_NAME_LEN];   /* the signal that forced the stop, "" if none */
     double duration_s;       /* from drain start to stopped */
     uint64_t forced;         /* tasks cancelled at the deadline */
     uint64_t abandoned;      /* of those, tasks whose run() never returned */
@@ -308,8 +335,22 @@ TS_API int ts_server_register_kind(struct ts_server *srv, const struct ts_task_k
  * listener with its bound address. */
 TS_API int ts_server_start(struct ts_server *srv);
 
+/*
+ * Read the key files (DRAIN_AUTH_KEY_FILE, API_AUTH_KEY_FILE) and
+ * COMMANDS_FILE again (what SIGHUP does). Everything is checked first and
+ * swapped only if all of it is valid; running tasks keep the definition
+ * they started with. Logs a "reload" line and counts
+ * config_reloads_total{result}. Returns 0, or -EINVAL / -ENOMEM with the
+ * reason in `err` (may be NULL), the previous configuration still in force.
+ * Any thread but one at a time, between ts_server_new() and ts_server_free().
+ */
+TS_API int ts_server_reload(struct ts_server *srv, char *err, size_t errlen);
+
 /* Tasks queued or running. Any thread. */
 TS_API unsigned ts_server_tasks_active(struct ts_server *srv);
+
+/* Event streams open. Any thread. */
+TS_API unsigned ts_server_streams_open(struct ts_server *srv);
 
 /* Bound ports (useful with port 0). 0 before start. */
 TS_API int ts_server_port(const struct ts_server *srv);

@@ -63,12 +63,14 @@ get_metrics(void *app, struct ts_http_request *req, const char *id)
 static bool
 authorized(struct ts_server *srv, struct ts_http_request *req, enum MHD_Result *ret)
 {
-    if (srv->cfg.drain_auth_key == NULL) {
+    int rc = ts_server_check_key(srv, TS_SERVER_KEY_DRAIN, req);
+
+    if (rc == -ENOENT) {
         *ret = ts_http_reply_error(req, MHD_HTTP_FORBIDDEN, "drain_disabled",
                                    "no DRAIN_AUTH_KEY is configured, so /drain is disabled");
         return false;
     }
-    if (ts_http_bearer_ok(req, srv->cfg.drain_auth_key))
+    if (rc == 0)
         return true;
     ts_series_inc(srv->drain_auth_failures);
     ts_log(srv->log, TS_LOG_WARN, "drain request refused: missing or wrong key",

@@ -13,8 +13,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include "command.h"
 #include "dashboard.h"
 #include "server.h"
+#include "util.h"
 
 #define RETRY_AFTER_DRAINING "5"
 #define RETRY_AFTER_QUEUE_FULL "1"
@@ -23,7 +25,7 @@
 static bool
 api_authorized(struct ts_server *srv, struct ts_http_request *req, enum MHD_Result *ret)
 {
-    if (srv->cfg.api_auth_key == NULL || ts_http_bearer_ok(req, srv->cfg.api_auth_key))
+    if (ts_server_check_key(srv, TS_SERVER_KEY_API, req) != -EACCES)
         return true;
     *ret = ts_http_reply_unauthorized(req, "taskstream", "API key");
     return false;
@@ -114,8 +116,38 @@ post_task(void *app, struct ts_http_request *req, const char *id)
     return ts_http_queue(req, MHD_HTTP_ACCEPTED, resp);
 }
 
+#define LIST_LIMIT_MAX 10000
+
+/* GET /v1/tasks[?state=running[,queued...]][&limit=N]: newest first. */
 static enum MHD_Result
 get_tasks(void *app, struct ts_http_request *req, const char *id)
+{
+    struct ts_server *srv = app;
+    const char *state = ts_http_query(req, "state");
+    const char *limit = ts_http_query(req, "limit");
+    uint64_t n = LIST_LIMIT_MAX;
+    unsigned states = 0;
+    enum MHD_Result ret;
+
+    (void)id;
+    if (!api_authorized(srv, req, &ret))
+        return ret;
+    if (state != NULL && ts_task_parse_states(state, &states) != 0)
+        return ts_http_reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_query",
+                                   "state must be a comma-separated list of queued, running, "
+                                   "succeeded, failed, cancelled");
+    if (limit != NULL && ts_parse_uint(limit, 1, LIST_LIMIT_MAX, &n) != 0)
+        return ts_http_reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_query",
+                                   "limit must be a whole number from 1 to %d", LIST_LIMIT_MAX);
+    return ts_http_reply_json(
+        req, MHD_HTTP_OK,
+        json_pack("{s:o}", "tasks", ts_task_service_list(srv->tasks, states, (size_t)n)));
+}
+
+/* GET /v1/commands: the allow-listed commands and their parameters (no
+ * argv, no environment: those are the operator's). */
+static enum MHD_Result
+get_commands(void *app, struct ts_http_request *req, const char *id)
 {
     struct ts_server *srv = app;
     enum MHD_Result ret;
@@ -123,8 +155,10 @@ get_tasks(void *app, struct ts_http_request *req, const char *id)
     (void)id;
     if (!api_authorized(srv, req, &ret))
         return ret;
-    return ts_http_reply_json(req, MHD_HTTP_OK,
-                              json_pack("{s:o}", "tasks", ts_task_service_list(srv->tasks)));
+    return ts_http_reply_json(
+        req, MHD_HTTP_OK,
+        json_pack("{s:o}", "commands",
+                  srv->commands != NULL ? ts_commands_to_json(srv->commands) : json_array()));
 }
 
 /* The task named by the path, or NULL after answering 404. */
@@ -218,6 +252,7 @@ const struct ts_route ts_api_routes[] = {
      .post = post_task,
      .max_body = SIZE_MAX}, /* the configured cap is applied in server.c */
     {.name = "task", .pattern = "/v1/tasks/{id}", .get = get_task, .del = delete_task},
+    {.name = "commands", .pattern = "/v1/commands", .get = get_commands},
     {.name = "events", .pattern = "/v1/tasks/{id}/events", .get = get_events},
     {.name = "dashboard", .pattern = "/", .get = ts_dashboard_page},
     {.name = "assets", .pattern = "/assets/{id}", .get = ts_dashboard_asset},

@@ -2,12 +2,19 @@
  * Command tasks: programs from the operator's allow-list (COMMANDS_FILE), run
  * without a shell, their output streamed line by line, stopped cleanly.
  *
- * Loading. The file is read and checked once, at start-up, and every mistake
+ * Loading. The file is read and checked at start-up, where every mistake
  * stops the daemon with one sentence naming the file, the command and the
- * field. After loading the allow-list is immutable but for each command's
- * count of running processes (an atomic), so any thread may read it without a
- * lock. The "env.allow" variables are copied out of the environment here, so
- * nothing reads the environment later.
+ * field, and again on ts_commands_reload() (SIGHUP), where a mistake keeps
+ * the allow-list in force. Each load makes a new generation, a refcounted
+ * command list that is immutable once loaded, so any thread may read it
+ * without a lock: validate() and run() each hold the generation that was
+ * current when they began, so a running task keeps the definition it
+ * started with (a queued task gets the one current when it starts). The
+ * count of running processes of a command lives in a `slots` shared by
+ * every generation that has a command of that name, so max_concurrent holds
+ * across a reload. The "env.allow" variables are copied out of the
+ * environment given at start-up (envp), so nothing reads the live
+ * environment.
  *
  * Client values. A request names a command and gives string parameters. Each
  * value must match its parameter's POSIX extended regex as the operator wrote
@@ -42,6 +49,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <regex.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -140,14 +148,31 @@ struct command {
     unsigned max_concurrent;
     struct limit limits[TS_ARRAY_SIZE(rlimit_names)];
     size_t nlimits;
-    atomic_uint running; /* processes of this command being supervised */
+    json_t *info;         /* what GET /v1/commands shows: no argv, no env */
+    struct slots *slots; /* shared with the same name in other generations */
+};
+
+/* Processes of one command name being supervised. */
+struct slots {
+    atomic_uint running;
+    atomic_uint refs;
+};
+
+/* One generation of the allow-list; immutable once loaded. */
+struct command_list {
+    atomic_uint refs;
+    struct command *cmds;
+    size_t ncmds;
 };
 
 struct ts_commands {
     struct ts_task_kind kind; /* arg points back here */
-    struct command *cmds;
-    size_t ncmds;
+    char *path;
+    char *const *envp; /* borrowed; outlives us */
+    int64_t kill_grace_ms;
     struct ts_log *log; /* borrowed */
+    pthread_mutex_t mu;
+    struct command_list *current; /* guarded by mu; holds a reference */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -433,7 +458,8 @@ stacked_quantifiers(const char *re)
 }
 
 static int
-load_param(struct loader *ld, struct param *p, const char *name, const json_t *spec)
+load_param(struct loader *ld, struct command *cmd, struct param *p, const char *name,
+           const json_t *spec)
 {
     char field[160];
     char msg[256];
@@ -501,6 +527,11 @@ load_param(struct loader *ld, struct param *p, const char *name, const json_t *s
         snprintf(field, sizeof(field), "params.%.64s.description", name);
         return load_error(ld, field, "must be a string");
     }
+    if (json_object_set_new(json_object_get(cmd->info, "params"), name,
+                            json_pack("{s:s, s:s?, s:O?, s:b}", "pattern", p->pattern, "default",
+                                      p->def, "description", v, "allow_leading_dash",
+                                      p->allow_leading_dash)) != 0)
+        return -ENOMEM;
     return 0;
 }
 
@@ -520,7 +551,7 @@ load_params(struct loader *ld, struct command *cmd, const json_t *spec)
         return -ENOMEM;
     json_object_foreach((json_t *)spec, name, v)
     {
-        rc = load_param(ld, &cmd->params[cmd->nparams], name, v);
+        rc = load_param(ld, cmd, &cmd->params[cmd->nparams], name, v);
         /* Counted even on error: it may hold a compiled regex to free. */
         cmd->nparams++;
         if (rc != 0)
@@ -774,11 +805,13 @@ load_command(struct loader *ld, struct command *cmd, const char *name, const jso
     cmd->name = strdup(name);
     if (cmd->name == NULL)
         return -ENOMEM;
-    atomic_init(&cmd->running, 0);
 
     v = json_object_get(spec, "description");
     if (v != NULL && !json_is_string(v))
         return load_error(ld, "description", "must be a string");
+    cmd->info = json_pack("{s:s, s:O?, s:{}}", "name", name, "description", v, "params");
+    if (cmd->info == NULL)
+        return -ENOMEM;
     /* Parameters first: argv refers to them. */
     rc = load_params(ld, cmd, json_object_get(spec, "params"));
     if (rc == 0)
@@ -826,8 +859,18 @@ load_command(struct loader *ld, struct command *cmd, const char *name, const jso
     if (rc != 0)
         return rc;
     cmd->max_concurrent = (unsigned)n;
+    if (json_object_set_new(cmd->info, "timeout_ms", json_integer(cmd->timeout_ms)) != 0 ||
+        json_object_set_new(cmd->info, "max_concurrent", json_integer(cmd->max_concurrent)) != 0)
+        return -ENOMEM;
     ld->command = NULL;
     return 0;
+}
+
+static void
+slots_unref(struct slots *sl)
+{
+    if (sl != NULL && atomic_fetch_sub(&sl->refs, 1) == 1)
+        free(sl);
 }
 
 static void
@@ -851,6 +894,62 @@ command_dispose(struct command *cmd)
     free(cmd->envp);
     free(cmd->cwd);
     free(cmd->name);
+    json_decref(cmd->info);
+    slots_unref(cmd->slots);
+}
+
+static void
+list_unref(struct command_list *list)
+{
+    if (list == NULL || atomic_fetch_sub(&list->refs, 1) != 1)
+        return;
+    for (size_t i = 0; i < list->ncmds; i++)
+        command_dispose(&list->cmds[i]);
+    free(list->cmds);
+    free(list);
+}
+
+/* The current generation, with a reference for the caller. */
+static struct command_list *
+list_acquire(struct ts_commands *cmds)
+{
+    struct command_list *list;
+
+    pthread_mutex_lock(&cmds->mu);
+    list = cmds->current;
+    atomic_fetch_add(&list->refs, 1);
+    pthread_mutex_unlock(&cmds->mu);
+    return list;
+}
+
+static int
+find_command(const struct command_list *list, const char *name)
+{
+    for (size_t i = 0; i < list->ncmds; i++) {
+        if (strcmp(list->cmds[i].name, name) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+/* A command's process count: the one of the same name in `prev`, so that
+ * max_concurrent counts across generations, or a new one. */
+static int
+attach_slots(struct command *cmd, const struct command_list *prev)
+{
+    int i = prev != NULL ? find_command(prev, cmd->name) : -1;
+
+    if (i >= 0) {
+        cmd->slots = prev->cmds[i].slots;
+        atomic_fetch_add(&cmd->slots->refs, 1);
+        return 0;
+    }
+    cmd->slots = calloc(1, sizeof(*cmd->slots));
+    if (cmd->slots == NULL)
+        return -ENOMEM;
+    atomic_init(&cmd->slots->running, 0);
+    atomic_init(&cmd->slots->refs, 1);
+    return 0;
 }
 
 void
@@ -858,19 +957,20 @@ ts_commands_free(struct ts_commands *cmds)
 {
     if (cmds == NULL)
         return;
-    for (size_t i = 0; i < cmds->ncmds; i++)
-        command_dispose(&cmds->cmds[i]);
-    free(cmds->cmds);
+    list_unref(cmds->current);
+    pthread_mutex_destroy(&cmds->mu);
+    free(cmds->path);
     free(cmds);
 }
 
 static int command_validate(void *arg, const json_t *body, char *err, size_t errlen);
 static void command_run(void *arg, struct ts_task_ctx *ctx, struct ts_task_result *result);
 
-int
-ts_commands_parse(struct ts_commands **out, const json_t *root, const char *path,
-                  char *const envp[], int64_t kill_grace_ms, struct ts_log *log, char *err,
-                  size_t errlen)
+/* Build a generation from a parsed document. */
+static int
+parse_list(struct command_list **out, const json_t *root, const char *path, char *const envp[],
+           int64_t kill_grace_ms, struct ts_log *log, const struct command_list *prev, char *err,
+           size_t errlen)
 {
     struct loader ld = {
         .path = path,
@@ -881,8 +981,8 @@ ts_commands_parse(struct ts_commands **out, const json_t *root, const char *path
         .errlen = errlen,
     };
     static const char *const top_keys[] = {"commands"};
-    struct ts_commands *cmds;
-    const json_t *list, *spec;
+    struct command_list *list;
+    const json_t *cmds, *spec;
     const char *name;
     int rc;
 
@@ -893,58 +993,90 @@ ts_commands_parse(struct ts_commands **out, const json_t *root, const char *path
     rc = check_keys(&ld, root, "", top_keys, TS_ARRAY_SIZE(top_keys));
     if (rc != 0)
         return rc;
-    list = json_object_get(root, "commands");
-    if (!json_is_object(list))
+    cmds = json_object_get(root, "commands");
+    if (!json_is_object(cmds))
         return load_error(&ld, "commands", "must be an object of command names");
+
+    list = calloc(1, sizeof(*list));
+    if (list == NULL)
+        return -ENOMEM;
+    atomic_init(&list->refs, 1);
+    list->cmds = calloc(json_object_size(cmds) + 1, sizeof(*list->cmds));
+    if (list->cmds == NULL) {
+        rc = -ENOMEM;
+        goto out_free;
+    }
+    json_object_foreach((json_t *)cmds, name, spec)
+    {
+        struct command *cmd = &list->cmds[list->ncmds++];
+
+        /* Counted before loading: a half-loaded command is disposed too. */
+        rc = load_command(&ld, cmd, name, spec);
+        if (rc == 0)
+            rc = attach_slots(cmd, prev);
+        if (rc == -ENOMEM)
+            snprintf(err, errlen, "COMMANDS_FILE %s: out of memory", path);
+        if (rc != 0)
+            goto out_free;
+    }
+    *out = list;
+    return 0;
+
+out_free:
+    list_unref(list);
+    return rc;
+}
+
+int
+ts_commands_parse(struct ts_commands **out, const json_t *root, const char *path,
+                  char *const envp[], int64_t kill_grace_ms, struct ts_log *log, char *err,
+                  size_t errlen)
+{
+    struct ts_commands *cmds;
+    int rc;
 
     cmds = calloc(1, sizeof(*cmds));
     if (cmds == NULL)
         return -ENOMEM;
+    cmds->path = strdup(path);
+    if (cmds->path == NULL) {
+        free(cmds);
+        return -ENOMEM;
+    }
+    rc = parse_list(&cmds->current, root, path, envp, kill_grace_ms, log, NULL, err, errlen);
+    if (rc != 0) {
+        free(cmds->path);
+        free(cmds);
+        return rc;
+    }
+    cmds->envp = envp;
+    cmds->kill_grace_ms = kill_grace_ms;
     cmds->log = log;
+    pthread_mutex_init(&cmds->mu, NULL);
     cmds->kind = (struct ts_task_kind){
         .name = "command",
         .validate = command_validate,
         .run = command_run,
         .arg = cmds,
     };
-    cmds->cmds = calloc(json_object_size(list) + 1, sizeof(*cmds->cmds));
-    if (cmds->cmds == NULL) {
-        rc = -ENOMEM;
-        goto out_free;
-    }
-    json_object_foreach((json_t *)list, name, spec)
-    {
-        /* Counted before loading: a half-loaded command is disposed too. */
-        rc = load_command(&ld, &cmds->cmds[cmds->ncmds++], name, spec);
-        if (rc == -ENOMEM)
-            snprintf(err, errlen, "COMMANDS_FILE %s: out of memory", path);
-        if (rc != 0)
-            goto out_free;
-    }
     *out = cmds;
     return 0;
-
-out_free:
-    ts_commands_free(cmds);
-    return rc;
 }
 
-int
-ts_commands_load(struct ts_commands **out, const char *path, char *const envp[],
-                 int64_t kill_grace_ms, struct ts_log *log, char *err, size_t errlen)
+/* Read and parse the file; a new reference in *root. */
+static int
+read_file(const char *path, json_t **root, char *err, size_t errlen)
 {
     json_error_t jerr;
     struct stat st;
-    json_t *root;
-    int rc;
 
     /* Whoever can write the allow-list can run any program as the daemon. */
     if (stat(path, &st) == 0 && (st.st_mode & S_IWOTH)) {
         snprintf(err, errlen, "COMMANDS_FILE %s: the file is writable by every user", path);
         return -EINVAL;
     }
-    root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (root == NULL) {
+    *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (*root == NULL) {
         if (jerr.line > 0)
             snprintf(err, errlen, "COMMANDS_FILE %s: invalid JSON at line %d, column %d: %s", path,
                      jerr.line, jerr.column, jerr.text);
@@ -952,15 +1084,74 @@ ts_commands_load(struct ts_commands **out, const char *path, char *const envp[],
             snprintf(err, errlen, "COMMANDS_FILE %s: %s", path, jerr.text);
         return -EINVAL;
     }
+    return 0;
+}
+
+int
+ts_commands_load(struct ts_commands **out, const char *path, char *const envp[],
+                 int64_t kill_grace_ms, struct ts_log *log, char *err, size_t errlen)
+{
+    json_t *root;
+    int rc;
+
+    rc = read_file(path, &root, err, errlen);
+    if (rc != 0)
+        return rc;
     rc = ts_commands_parse(out, root, path, envp, kill_grace_ms, log, err, errlen);
     json_decref(root);
     return rc;
 }
 
-size_t
-ts_commands_count(const struct ts_commands *cmds)
+int
+ts_commands_reload(struct ts_commands *cmds, char *err, size_t errlen)
 {
-    return cmds->ncmds;
+    struct command_list *prev, *next;
+    json_t *root;
+    int rc;
+
+    rc = read_file(cmds->path, &root, err, errlen);
+    if (rc != 0)
+        return rc;
+    /* Loads run on one thread (the host's), so `current` cannot change
+     * between this read and the swap below but by this function. */
+    prev = list_acquire(cmds);
+    rc = parse_list(&next, root, cmds->path, cmds->envp, cmds->kill_grace_ms, cmds->log, prev, err,
+                    errlen);
+    json_decref(root);
+    if (rc == 0) {
+        pthread_mutex_lock(&cmds->mu);
+        cmds->current = next;
+        pthread_mutex_unlock(&cmds->mu);
+        list_unref(prev); /* the reference `current` held */
+    }
+    list_unref(prev);
+    return rc;
+}
+
+size_t
+ts_commands_count(struct ts_commands *cmds)
+{
+    struct command_list *list = list_acquire(cmds);
+    size_t n = list->ncmds;
+
+    list_unref(list);
+    return n;
+}
+
+json_t *
+ts_commands_to_json(struct ts_commands *cmds)
+{
+    struct command_list *list = list_acquire(cmds);
+    json_t *arr = json_array();
+
+    for (size_t i = 0; arr != NULL && i < list->ncmds; i++) {
+        if (json_array_append(arr, list->cmds[i].info) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    list_unref(list);
+    return arr;
 }
 
 const struct ts_task_kind *
@@ -972,16 +1163,6 @@ ts_commands_kind(struct ts_commands *cmds)
 /* ------------------------------------------------------------------------ */
 /* Requests                                                                  */
 /* ------------------------------------------------------------------------ */
-
-static int
-find_command(const struct ts_commands *cmds, const char *name)
-{
-    for (size_t i = 0; i < cmds->ncmds; i++) {
-        if (strcmp(cmds->cmds[i].name, name) == 0)
-            return (int)i;
-    }
-    return -1;
-}
 
 static void
 list_params(const struct command *cmd, char *buf, size_t len)
@@ -1079,9 +1260,29 @@ build_argv(const struct command *cmd, const char **values, struct ts_command_exe
     return 0;
 }
 
+/* "unknown command "x" (allowed: a, b)", as much of the list as fits. */
+static void
+unknown_command(const struct command_list *list, const char *name, char *err, size_t errlen)
+{
+    size_t used;
+
+    snprintf(err, errlen, "unknown command \"%.64s\" (allowed: ", name);
+    used = strlen(err);
+    for (size_t i = 0; i < list->ncmds && used < errlen; i++) {
+        int n = snprintf(err + used, errlen - used, "%s%s", i > 0 ? ", " : "", list->cmds[i].name);
+
+        if (n > 0)
+            used += (size_t)n;
+    }
+    if (list->ncmds == 0 && used < errlen)
+        used += (size_t)snprintf(err + used, errlen - used, "none");
+    if (used < errlen)
+        snprintf(err + used, errlen - used, ")");
+}
+
 /* ts_command_prepare(), also telling which command (an index). */
 static int
-prepare(const struct ts_commands *cmds, const json_t *body, struct ts_command_exec *ex,
+prepare(const struct command_list *list, const json_t *body, struct ts_command_exec *ex,
         size_t *index, char *err, size_t errlen)
 {
     const struct command *cmd;
@@ -1114,12 +1315,12 @@ prepare(const struct ts_commands *cmds, const json_t *body, struct ts_command_ex
         snprintf(err, errlen, "\"command\" must be a string naming a command");
         return -EINVAL;
     }
-    idx = find_command(cmds, name);
+    idx = find_command(list, name);
     if (idx < 0) {
-        snprintf(err, errlen, "unknown command \"%.64s\"", name);
+        unknown_command(list, name, err, errlen);
         return -ENOENT;
     }
-    cmd = &cmds->cmds[idx];
+    cmd = &list->cmds[idx];
     params = json_object_get(body, "params");
     if (params != NULL && !json_is_object(params)) {
         snprintf(err, errlen, "\"params\" must be an object");
@@ -1152,12 +1353,21 @@ prepare(const struct ts_commands *cmds, const json_t *body, struct ts_command_ex
 }
 
 int
-ts_command_prepare(const struct ts_commands *cmds, const json_t *body, struct ts_command_exec *out,
+ts_command_prepare(struct ts_commands *cmds, const json_t *body, struct ts_command_exec *out,
                    char *err, size_t errlen)
 {
+    struct command_list *list = list_acquire(cmds);
     size_t index;
+    int rc;
 
-    return prepare(cmds, body, out, &index, err, errlen);
+    rc = prepare(list, body, out, &index, err, errlen);
+    /* The exec borrows the command's name and environment strings: keep the
+     * generation until it is disposed. */
+    if (rc == 0)
+        out->list = list;
+    else
+        list_unref(list);
+    return rc;
 }
 
 void
@@ -1169,33 +1379,36 @@ ts_command_exec_dispose(struct ts_command_exec *ex)
         free(ex->argv);
     }
     free(ex->envp);
+    list_unref(ex->list);
     memset(ex, 0, sizeof(*ex));
 }
 
 static int
 command_validate(void *arg, const json_t *body, char *err, size_t errlen)
 {
-    const struct ts_commands *cmds = arg;
+    struct command_list *list = list_acquire(arg);
     struct ts_command_exec ex;
     const struct command *cmd;
     size_t index;
     int rc;
 
-    rc = prepare(cmds, body, &ex, &index, err, errlen);
+    rc = prepare(list, body, &ex, &index, err, errlen);
     if (rc != 0)
-        return rc;
+        goto out;
     ts_command_exec_dispose(&ex);
-    cmd = &cmds->cmds[index];
+    cmd = &list->cmds[index];
     /* Counts the runs in progress only: a task accepted meanwhile that finds
      * no free slot when it starts fails (see take_slot). */
-    if (atomic_load(&cmd->running) >= cmd->max_concurrent) {
+    if (atomic_load(&cmd->slots->running) >= cmd->max_concurrent) {
         snprintf(err, errlen,
                  "command \"%s\" is already running %u time%s, its max_concurrent; "
                  "retry later",
                  cmd->name, cmd->max_concurrent, cmd->max_concurrent == 1 ? "" : "s");
-        return -EAGAIN;
+        rc = -EAGAIN;
     }
-    return 0;
+out:
+    list_unref(list);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1891,12 +2104,12 @@ kill_group(struct run *r)
 static bool
 take_slot(struct command *cmd)
 {
-    unsigned n = atomic_load(&cmd->running);
+    unsigned n = atomic_load(&cmd->slots->running);
 
     do {
         if (n >= cmd->max_concurrent)
             return false;
-    } while (!atomic_compare_exchange_weak(&cmd->running, &n, n + 1));
+    } while (!atomic_compare_exchange_weak(&cmd->slots->running, &n, n + 1));
     return true;
 }
 
@@ -1986,6 +2199,7 @@ static void
 command_run(void *arg, struct ts_task_ctx *ctx, struct ts_task_result *res)
 {
     struct ts_commands *cmds = arg;
+    struct command_list *list = list_acquire(cmds); /* held until the end */
     struct ts_command_exec ex;
     struct child_report rep = {0};
     struct command *cmd;
@@ -1995,14 +2209,20 @@ command_run(void *arg, struct ts_task_ctx *ctx, struct ts_task_result *res)
     size_t index;
     int rc;
 
-    rc = prepare(cmds, ts_task_params(ctx), &ex, &index, err, sizeof(err));
+    rc = prepare(list, ts_task_params(ctx), &ex, &index, err, sizeof(err));
     if (rc != 0) {
-        /* validate() accepted this very body: only memory can fail here. */
+        /* validate() accepted this very body, against the generation
+         * current then: a reload since may have removed or changed it. */
+        ts_log(cmds->log, TS_LOG_WARN, "command task not started", TS_F_STR("task_id", ts_task_id(ctx)),
+               TS_F_STR("error", err), TS_F_END);
         res->status = TS_TASK_FAILED;
-        res->reason = rc == -ENOMEM ? "out of memory" : "invalid parameters";
+        res->reason = rc == -ENOMEM   ? "out of memory"
+                      : rc == -ENOENT ? "command no longer allowed"
+                                      : "invalid parameters";
+        list_unref(list);
         return;
     }
-    cmd = &cmds->cmds[index];
+    cmd = &list->cmds[index];
     if (!take_slot(cmd)) {
         res->status = TS_TASK_FAILED;
         res->reason = "max_concurrent reached";
@@ -2053,7 +2273,8 @@ command_run(void *arg, struct ts_task_ctx *ctx, struct ts_task_result *res)
 
 out_dispose_run:
     run_dispose(&r);
-    atomic_fetch_sub(&cmd->running, 1);
+    atomic_fetch_sub(&cmd->slots->running, 1);
 out_dispose_exec:
     ts_command_exec_dispose(&ex);
+    list_unref(list);
 }

@@ -42,10 +42,6 @@
 #define MIB (1024 * KIB)
 #define GIB (1024 * MIB)
 
-/* Added to the shutdown budget for flushing the last events and exiting. */
-/* Beyond KILL_GRACE: 2 s to abandon C tasks that ignore cancellation, 5 s
- * for streams to flush, and slack (docs/operations.md). */
-#define BUDGET_MARGIN_MS (10 * SECOND_MS)
 /* A key file holds one key; anything larger is the wrong file. */
 #define KEY_FILE_MAX 4096
 /* Room for a quoted, escaped, possibly cut value in a message. */
@@ -58,7 +54,7 @@ enum setting_type {
     T_SIZE,        /* bytes in a size_t; k, M, G suffixes */
     T_ENUM,        /* one of choices, stored as its value */
     T_SECRET,      /* a key; "" is none (NULL); never echoed */
-    T_SECRET_FILE, /* a file holding the T_SECRET with the same field */
+    T_SECRET_FILE, /* a file name, kept; the file holds the T_SECRET at `secret` */
     T_PATH,        /* a file name; "" is none (NULL) */
 };
 
@@ -78,6 +74,7 @@ struct setting {
     const struct choice *choices; /* T_ENUM: ends with {NULL, 0} */
     size_t offset;                /* of the field in struct ts_config */
     size_t size;                  /* of the field */
+    size_t secret;                /* T_SECRET_FILE: offset of the key it fills */
     const char *help;             /* sentences for --help and the docs */
 };
 
@@ -164,8 +161,8 @@ static const struct setting settings[] = {
         FIELD(termination_grace_period_ms),
         .help = "The time the supervisor allows for the stop (Kubernetes "
                 "terminationGracePeriodSeconds, systemd TimeoutStopSec). When set, start-up "
-                "fails unless GRACEFUL_SHUTDOWN_TIMEOUT + KILL_GRACE + SHUTDOWN_DELAY + 5s fits "
-                "inside it. 0: not known, no check.",
+                "fails unless the stop budget, max(GRACEFUL_SHUTDOWN_TIMEOUT + KILL_GRACE, "
+                "SHUTDOWN_DELAY) + 10s, fits inside it. 0: not known, no check.",
     },
     {
         .name = "drain_auth_key",
@@ -183,9 +180,10 @@ static const struct setting settings[] = {
         .flag = "--drain-auth-key-file",
         .type = T_SECRET_FILE,
         .def = "",
-        FIELD(drain_auth_key),
-        .help = "File holding DRAIN_AUTH_KEY; one trailing newline is stripped. Set this or "
-                "DRAIN_AUTH_KEY, not both.",
+        FIELD(drain_auth_key_file),
+        .secret = offsetof(struct ts_config, drain_auth_key),
+        .help = "File holding DRAIN_AUTH_KEY; one trailing newline is stripped. Read again on "
+                "SIGHUP. Set this or DRAIN_AUTH_KEY, not both.",
     },
     {
         .name = "api_auth_key",
@@ -202,9 +200,10 @@ static const struct setting settings[] = {
         .flag = "--api-auth-key-file",
         .type = T_SECRET_FILE,
         .def = "",
-        FIELD(api_auth_key),
-        .help = "File holding API_AUTH_KEY; one trailing newline is stripped. Set this or "
-                "API_AUTH_KEY, not both.",
+        FIELD(api_auth_key_file),
+        .secret = offsetof(struct ts_config, api_auth_key),
+        .help = "File holding API_AUTH_KEY; one trailing newline is stripped. Read again on "
+                "SIGHUP. Set this or API_AUTH_KEY, not both.",
     },
     {
         .name = "workers",
@@ -576,7 +575,8 @@ describe_allowed(const struct setting *s, char *out, size_t outlen)
 static bool
 owns_string(const struct setting *s)
 {
-    return s->type == T_ADDRESS || s->type == T_SECRET || s->type == T_PATH;
+    return s->type == T_ADDRESS || s->type == T_SECRET || s->type == T_SECRET_FILE ||
+           s->type == T_PATH;
 }
 
 static char **
@@ -608,9 +608,19 @@ set_string(struct ts_config *cfg, const struct setting *s, const char *value, si
         if (copy == NULL)
             return -ENOMEM;
     }
-    release_string(field, s->type == T_SECRET || s->type == T_SECRET_FILE);
+    release_string(field, s->type == T_SECRET);
     *field = copy;
     return 0;
+}
+
+/* The T_SECRET that a T_SECRET_FILE fills. */
+static const struct setting *
+secret_of(const struct setting *file)
+{
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (settings[i].type == T_SECRET && settings[i].offset == file->secret)
+            return &settings[i];
+    return NULL;
 }
 
 /* Integers of every width go through here; the table knows the width. */
@@ -643,6 +653,7 @@ key_chars_ok(const char *key, size_t len)
     return true;
 }
 
+/* Read the key file `path` of setting `s` into the key it fills. */
 static int
 load_key_file(struct ts_config *cfg, const struct setting *s, const char *path, char *err,
               size_t errlen)
@@ -695,7 +706,7 @@ load_key_file(struct ts_config *cfg, const struct setting *s, const char *path, 
                   shown);
         goto out_close;
     }
-    rc = set_string(cfg, s, buf, len);
+    rc = set_string(cfg, secret_of(s), buf, len);
 
 out_close:
     close(fd);
@@ -764,6 +775,8 @@ convert(struct ts_config *cfg, const struct setting *s, const char *value, char 
                         allowed);
         return set_string(cfg, s, value, strlen(value));
     case T_SECRET_FILE:
+        if (set_string(cfg, s, *value != '\0' ? value : NULL, strlen(value)) != 0)
+            return -ENOMEM;
         return load_key_file(cfg, s, value, err, errlen);
     case T_PATH:
         return set_string(cfg, s, *value != '\0' ? value : NULL, strlen(value));
@@ -860,6 +873,10 @@ table_is_consistent(void)
             if (s->size != sizeof(int) || s->choices == NULL)
                 return false;
             break;
+        case T_SECRET_FILE:
+            if (s->size != sizeof(char *) || secret_of(s) == NULL)
+                return false;
+            break;
         default:
             if (s->size != sizeof(char *))
                 return false;
@@ -902,9 +919,8 @@ ts_config_dispose(struct ts_config *cfg)
             release_string(string_field(cfg, &settings[i]), settings[i].type == T_SECRET);
 }
 
-/* A deep copy of `src` into `dst`. */
-static int
-config_copy(struct ts_config *dst, const struct ts_config *src)
+int
+ts_config_copy(struct ts_config *dst, const struct ts_config *src)
 {
     size_t i;
 
@@ -982,7 +998,7 @@ collect_args(const char *given[NSETTINGS], int argc, char *const argv[], char *e
             return TS_CONFIG_HELP;
         if (strcmp(arg, "--help-markdown") == 0)
             return TS_CONFIG_HELP_MARKDOWN;
-        if (strcmp(arg, "--version") == 0)
+        if (strcmp(arg, "--version") == 0 || strcmp(arg, "-V") == 0)
             return TS_CONFIG_VERSION;
         /* Positional text may be a key that lost its flag: never echo it. */
         if (arg[0] != '-')
@@ -1021,7 +1037,7 @@ check_exclusive(const char *given[NSETTINGS], char *err, size_t errlen)
         if (settings[i].type != T_SECRET_FILE || given[i] == NULL || *given[i] == '\0')
             continue;
         for (j = 0; j < NSETTINGS; j++) {
-            if (settings[j].type == T_SECRET && settings[j].offset == settings[i].offset &&
+            if (settings[j].type == T_SECRET && settings[j].offset == settings[i].secret &&
                 given[j] != NULL && *given[j] != '\0')
                 return fail(err, errlen, &settings[i],
                             "set, and so is %s (%s); set only one of them", settings[j].env,
@@ -1029,6 +1045,14 @@ check_exclusive(const char *given[NSETTINGS], char *err, size_t errlen)
         }
     }
     return 0;
+}
+
+int64_t
+ts_config_stop_budget_ms(const struct ts_config *cfg)
+{
+    int64_t tasks = cfg->graceful_shutdown_timeout_ms + cfg->kill_grace_ms;
+
+    return (tasks > cfg->shutdown_delay_ms ? tasks : cfg->shutdown_delay_ms) + TS_STOP_MARGIN_MS;
 }
 
 /* Everything the stop sequence may take must fit in what the supervisor
@@ -1041,19 +1065,18 @@ check_budget(const struct ts_config *cfg, char *err, size_t errlen)
 
     if (cfg->termination_grace_period_ms == 0)
         return 0;
-    need = cfg->graceful_shutdown_timeout_ms + cfg->kill_grace_ms + cfg->shutdown_delay_ms +
-           BUDGET_MARGIN_MS;
+    need = ts_config_stop_budget_ms(cfg);
     if (need <= cfg->termination_grace_period_ms)
         return 0;
     format_sum_ms(cfg->termination_grace_period_ms, tgp, sizeof(tgp));
     format_sum_ms(cfg->graceful_shutdown_timeout_ms, gst, sizeof(gst));
     format_sum_ms(cfg->kill_grace_ms, grace, sizeof(grace));
     format_sum_ms(cfg->shutdown_delay_ms, delay, sizeof(delay));
-    format_sum_ms(BUDGET_MARGIN_MS, margin, sizeof(margin));
+    format_sum_ms(TS_STOP_MARGIN_MS, margin, sizeof(margin));
     format_sum_ms(need, need_s, sizeof(need_s));
     return fail(err, errlen, find_env("TERMINATION_GRACE_PERIOD", 24),
-                "\"%s\" is too short: GRACEFUL_SHUTDOWN_TIMEOUT %s + KILL_GRACE %s + "
-                "SHUTDOWN_DELAY %s + %s margin = %s; raise it to at least %s or lower the others",
+                "\"%s\" is too short: max(GRACEFUL_SHUTDOWN_TIMEOUT %s + KILL_GRACE %s, "
+                "SHUTDOWN_DELAY %s) + %s margin = %s; raise it to at least %s or lower the others",
                 tgp, gst, grace, delay, margin, need_s, need_s);
 }
 
@@ -1076,7 +1099,7 @@ ts_config_parse(struct ts_config *cfg, char *const envp[], int argc, char *const
     rc = check_exclusive(given, err, errlen);
     if (rc != 0)
         return rc;
-    if (config_copy(&next, cfg) != 0)
+    if (ts_config_copy(&next, cfg) != 0)
         return out_of_memory(err, errlen);
     for (i = 0; i < NSETTINGS; i++) {
         if (given[i] == NULL)
@@ -1098,6 +1121,36 @@ out_dispose_next:
     if (rc == -ENOMEM)
         return out_of_memory(err, errlen);
     return rc;
+}
+
+int
+ts_config_reread_key_files(struct ts_config *cfg, char *err, size_t errlen)
+{
+    struct ts_config next;
+    size_t i;
+    int rc;
+
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (ts_config_copy(&next, cfg) != 0)
+        return out_of_memory(err, errlen);
+    for (i = 0; i < NSETTINGS; i++) {
+        const char *path;
+
+        if (settings[i].type != T_SECRET_FILE)
+            continue;
+        path = *string_field(&next, &settings[i]);
+        if (path == NULL)
+            continue;
+        rc = load_key_file(&next, &settings[i], path, err, errlen);
+        if (rc != 0) {
+            ts_config_dispose(&next);
+            return rc == -ENOMEM ? out_of_memory(err, errlen) : rc;
+        }
+    }
+    ts_config_dispose(cfg);
+    *cfg = next;
+    return 0;
 }
 
 /* ---- help and docs ------------------------------------------------------ */
@@ -1192,7 +1245,7 @@ ts_config_help(FILE *out, const char *progname)
     fputs("\nOther flags:\n"
           "  -h, --help       print this text\n"
           "  --help-markdown  print the configuration reference in Markdown\n"
-          "  --version        print the version\n",
+          "  -V, --version    print the version\n",
           out);
 }
 
@@ -1221,10 +1274,13 @@ default_ms(const char *env)
 void
 ts_config_markdown(FILE *out)
 {
-    int64_t gst = default_ms("GRACEFUL_SHUTDOWN_TIMEOUT");
-    int64_t grace = default_ms("KILL_GRACE");
-    int64_t delay = default_ms("SHUTDOWN_DELAY");
-    int64_t need = gst + grace + delay + BUDGET_MARGIN_MS;
+    struct ts_config defaults = {
+        .graceful_shutdown_timeout_ms = default_ms("GRACEFUL_SHUTDOWN_TIMEOUT"),
+        .kill_grace_ms = default_ms("KILL_GRACE"),
+        .shutdown_delay_ms = default_ms("SHUTDOWN_DELAY"),
+    };
+    int64_t gst = defaults.graceful_shutdown_timeout_ms, grace = defaults.kill_grace_ms;
+    int64_t delay = defaults.shutdown_delay_ms, need = ts_config_stop_budget_ms(&defaults);
     char gst_s[24], grace_s[24], delay_s[24], margin_s[24], need_s[24];
     size_t i;
 
@@ -1280,24 +1336,26 @@ ts_config_markdown(FILE *out)
     format_sum_ms(gst, gst_s, sizeof(gst_s));
     format_sum_ms(grace, grace_s, sizeof(grace_s));
     format_sum_ms(delay, delay_s, sizeof(delay_s));
-    format_sum_ms(BUDGET_MARGIN_MS, margin_s, sizeof(margin_s));
+    format_sum_ms(TS_STOP_MARGIN_MS, margin_s, sizeof(margin_s));
     format_sum_ms(need, need_s, sizeof(need_s));
     fprintf(out,
             "\n"
             "## Shutdown budget\n"
             "\n"
             "After SIGTERM the process drains: running tasks go on for up to\n"
-            "`GRACEFUL_SHUTDOWN_TIMEOUT`, the public listener stays open for at least\n"
-            "`SHUTDOWN_DELAY`, cancelled command tasks get `KILL_GRACE` between SIGTERM and\n"
-            "SIGKILL, and the last events need a moment to flush. The supervisor must wait\n"
-            "at least that long before it sends SIGKILL:\n"
+            "`GRACEFUL_SHUTDOWN_TIMEOUT`, then cancelled command tasks get `KILL_GRACE`\n"
+            "between SIGTERM and SIGKILL. Beside that, counted from the same signal, the\n"
+            "public listener stays open for at least `SHUTDOWN_DELAY`. Then the last events\n"
+            "flush. The margin covers that flush (5 s), C tasks that ignore cancellation\n"
+            "(2 s) and exiting. The supervisor must wait at least that long before it sends\n"
+            "SIGKILL:\n"
             "\n"
-            "    GRACEFUL_SHUTDOWN_TIMEOUT + KILL_GRACE + SHUTDOWN_DELAY + %s\n"
+            "    max(GRACEFUL_SHUTDOWN_TIMEOUT + KILL_GRACE, SHUTDOWN_DELAY) + %s\n"
             "        <= terminationGracePeriodSeconds (Kubernetes) or TimeoutStopSec (systemd)\n"
             "\n"
-            "With the defaults that is %s + %s + %s + %s = %s, so set\n"
+            "With the defaults that is max(%s + %s, %s) + %s = %s, so set\n"
             "`terminationGracePeriodSeconds: %lld` or more. Set `TERMINATION_GRACE_PERIOD` to\n"
-            "the same value and taskstreamd refuses to start when the sum does not fit.\n"
+            "the same value and taskstreamd refuses to start when the budget does not fit.\n"
             "\n"
             "## Other flags\n"
             "\n"
@@ -1305,7 +1363,7 @@ ts_config_markdown(FILE *out)
             "| --- | --- |\n"
             "| `--help`, `-h` | Print the settings and exit. |\n"
             "| `--help-markdown` | Print this page and exit. |\n"
-            "| `--version` | Print the version and exit. |\n",
+            "| `--version`, `-V` | Print the version and exit. |\n",
             margin_s, gst_s, grace_s, delay_s, margin_s, need_s,
             (long long)((need + SECOND_MS - 1) / SECOND_MS));
 }

@@ -35,7 +35,7 @@ struct ts_coordinator {
     atomic_bool draining; /* state >= draining */
 
     pthread_mutex_t mu;            /* guards status */
-    pthread_cond_t shutdown_cv;    /* signalled when shutdown_requested becomes true */
+    pthread_cond_t shutdown_cv;    /* broadcast when shutdown_requested or forced is set */
     struct ts_drain_status status; /* guarded by mu */
 
     pthread_mutex_t notify_mu; /* guards subs and serialises callbacks */
@@ -99,6 +99,15 @@ notify(struct ts_coordinator *c, const struct ts_drain_status *st)
     pthread_mutex_unlock(&c->notify_mu);
 }
 
+static void
+copy_name(char dst[TS_SIGNAL_NAME_LEN], const char *name)
+{
+    size_t n = name != NULL ? strnlen(name, TS_SIGNAL_NAME_LEN - 1) : 0;
+
+    memcpy(dst, name != NULL ? name : "", n);
+    dst[n] = '\0';
+}
+
 /* Enter draining if serving. `mu` held. Returns true when the state changed. */
 static bool
 begin_drain_locked(struct ts_coordinator *c, enum ts_drain_reason reason, const char *signal_name)
@@ -109,12 +118,7 @@ begin_drain_locked(struct ts_coordinator *c, enum ts_drain_reason reason, const 
         return false;
     st->state = TS_STATE_DRAINING;
     st->reason = reason;
-    st->signal_name[0] = '\0';
-    if (signal_name != NULL) {
-        size_t n = strnlen(signal_name, sizeof(st->signal_name) - 1);
-        memcpy(st->signal_name, signal_name, n);
-        st->signal_name[n] = '\0';
-    }
+    copy_name(st->signal_name, signal_name);
     st->drain_started_ns = ts_clock_now_ns(&c->clock);
     st->drain_started_wall_ns = ts_clock_wall_ns(&c->clock);
     atomic_store(&c->draining, true);
@@ -169,9 +173,13 @@ ts_coordinator_request_shutdown(struct ts_coordinator *c, const char *signal_nam
     pthread_mutex_lock(&c->mu);
     if (c->status.shutdown_requested) {
         changed = !c->status.forced;
+        if (changed)
+            copy_name(c->status.forced_by, signal_name);
         c->status.forced = true;
+        pthread_cond_broadcast(&c->shutdown_cv);
     } else {
         begin_drain_locked(c, TS_DRAIN_REASON_SIGNAL, signal_name);
+        copy_name(c->status.stop_signal, signal_name);
         c->status.shutdown_requested = true;
         c->status.shutdown_requested_ns = ts_clock_now_ns(&c->clock);
         pthread_cond_broadcast(&c->shutdown_cv);
@@ -191,6 +199,7 @@ ts_coordinator_force(struct ts_coordinator *c)
     pthread_mutex_lock(&c->mu);
     changed = !c->status.forced;
     c->status.forced = true;
+    pthread_cond_broadcast(&c->shutdown_cv);
     snap = c->status;
     pthread_mutex_unlock(&c->mu);
     if (changed)
@@ -204,6 +213,20 @@ ts_coordinator_wait_shutdown(struct ts_coordinator *c)
     while (!c->status.shutdown_requested)
         pthread_cond_wait(&c->shutdown_cv, &c->mu);
     pthread_mutex_unlock(&c->mu);
+}
+
+bool
+ts_coordinator_wait_forced(struct ts_coordinator *c, int64_t until_ns)
+{
+    bool forced;
+
+    pthread_mutex_lock(&c->mu);
+    while (!c->status.forced &&
+           ts_clock_wait(&c->clock, &c->shutdown_cv, &c->mu, until_ns) != ETIMEDOUT)
+        ;
+    forced = c->status.forced;
+    pthread_mutex_unlock(&c->mu);
+    return forced;
 }
 
 /* Move forward to `state` (never back). A drain that was never begun gets

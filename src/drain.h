@@ -55,6 +55,10 @@ struct ts_drain_view ts_coordinator_view(struct ts_coordinator *c);
 /* Never drains. For unit tests, and for embedders without a lifecycle. */
 struct ts_drain_view ts_drain_noop(void);
 
+/* Block until the coordinator is forced (true) or `until_ns` passes on its
+ * clock (false). The stop sequence's SHUTDOWN_DELAY. Any thread. */
+bool ts_coordinator_wait_forced(struct ts_coordinator *c, int64_t until_ns);
+
 /* A coordinator on a given clock (tests). */
 int ts_coordinator_new_with_clock(struct ts_coordinator **out, struct ts_clock clock);
 

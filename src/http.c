@@ -23,8 +23,10 @@
  * housekeeping thread; MHD calls the "closed" notification before it closes
  * the socket, so a listed fd is always the connection's own.
  */
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
-#include <netdb.h>
+#include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -32,10 +34,14 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include "config.h"
 #include "http.h"
 
 #define MAX_ID_LEN 64
+/* Connections the kernel queues before we accept them (bursts of reconnects). */
+#define LISTEN_BACKLOG 4096
 
 /* A connection, from accept to close; guarded by conns_mu. */
 struct conn_info {
@@ -598,57 +604,83 @@ on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
 
 /* ---- lifecycle ---- */
 
+/*
+ * The listening socket is ours, not MHD's: bound with SO_REUSEADDR only (a
+ * restart right after a crash must not wait out TIME_WAIT) and never with
+ * SO_REUSEPORT, under which a second daemon on the same port would bind
+ * without error and the kernel would split connections between the two.
+ * The address grammar is the configuration's (ts_config_address_split);
+ * "localhost" is 127.0.0.1. Returns the descriptor, or a negative errno with
+ * "LISTEN 127.0.0.1:8080: address already in use" in `err`.
+ */
 static int
-resolve(const char *listen, struct sockaddr_storage *ss, socklen_t *sslen, char *err, size_t errlen)
+open_listener(const struct ts_http_config *cfg, int *port, char *err, size_t errlen)
 {
-    struct addrinfo hints = {0}, *res = NULL;
-    char host[256];
-    const char *colon, *port;
-    size_t hlen;
-    int rc;
+    struct sockaddr_storage ss = {0};
+    socklen_t sslen;
+    char host[INET6_ADDRSTRLEN];
+    const char *what = "socket";
+    uint16_t portnum;
+    int one = 1, fd, rc;
 
-    colon = strrchr(listen, ':');
-    if (colon == NULL) {
-        snprintf(err, errlen, "no port in \"%s\"", listen);
+    if (ts_config_address_split(cfg->listen, host, sizeof(host), &portnum) != 0) {
+        snprintf(err, errlen, "%s %s: not an address", cfg->setting, cfg->listen);
         return -EINVAL;
     }
-    port = colon + 1;
-    hlen = (size_t)(colon - listen);
-    if (hlen >= 2 && listen[0] == '[' && listen[hlen - 1] == ']') {
-        listen++;
-        hlen -= 2;
-    }
-    if (hlen >= sizeof(host)) {
-        snprintf(err, errlen, "host too long");
-        return -EINVAL;
-    }
-    memcpy(host, listen, hlen);
-    host[hlen] = '\0';
+    if (strchr(host, ':') != NULL) {
+        struct sockaddr_in6 *sa = (struct sockaddr_in6 *)&ss;
 
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    rc = getaddrinfo(hlen > 0 ? host : NULL, port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "%s", gai_strerror(rc));
-        return -EINVAL;
+        sa->sin6_family = AF_INET6;
+        sa->sin6_port = htons(portnum);
+        inet_pton(AF_INET6, host, &sa->sin6_addr);
+        sslen = sizeof(*sa);
+    } else {
+        struct sockaddr_in *sa = (struct sockaddr_in *)&ss;
+
+        sa->sin_family = AF_INET;
+        sa->sin_port = htons(portnum);
+        inet_pton(AF_INET, strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, &sa->sin_addr);
+        sslen = sizeof(*sa);
     }
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *sslen = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        goto fail;
+    what = "setsockopt";
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
+        goto fail;
+    what = "bind";
+    if (bind(fd, (struct sockaddr *)&ss, sslen) != 0)
+        goto fail;
+    what = "listen";
+    if (listen(fd, LISTEN_BACKLOG) != 0)
+        goto fail;
+    sslen = sizeof(ss);
+    what = "getsockname";
+    if (getsockname(fd, (struct sockaddr *)&ss, &sslen) != 0)
+        goto fail;
+    *port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                           : ((struct sockaddr_in *)&ss)->sin_port);
+    return fd;
+
+fail:
+    rc = -errno;
+    if (fd >= 0)
+        close(fd);
+    /* "Address already in use" reads as part of a sentence in lower case. */
+    snprintf(err, errlen, "%s %s: %c%s", cfg->setting, cfg->listen,
+             (char)tolower((unsigned char)ts_strerror(rc)[0]), ts_strerror(rc) + 1);
+    if (rc != -EADDRINUSE && rc != -EADDRNOTAVAIL && rc != -EACCES)
+        snprintf(err + strlen(err), errlen - strlen(err), " (%s)", what);
+    return rc;
 }
 
 int
 ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
 {
     struct ts_http *h;
-    struct sockaddr_storage ss;
-    socklen_t sslen;
     unsigned flags;
-    const union MHD_DaemonInfo *info;
     char err[256];
-    int rc;
+    int fd, rc;
 
     h = calloc(1, sizeof(*h));
     if (h == NULL)
@@ -662,17 +694,15 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
     pthread_mutex_init(&h->conns_mu, NULL);
     atomic_init(&h->refusing, false);
 
-    rc = resolve(cfg->listen, &ss, &sslen, err, sizeof(err));
-    if (rc != 0) {
-        ts_log(cfg->log, TS_LOG_ERROR, "cannot resolve listen address",
-               TS_F_STR("listener", cfg->name), TS_F_STR("address", cfg->listen),
+    fd = open_listener(cfg, &h->port, err, sizeof(err));
+    if (fd < 0) {
+        rc = fd;
+        ts_log(cfg->log, TS_LOG_ERROR, "cannot listen", TS_F_STR("listener", cfg->name),
                TS_F_STR("error", err), TS_F_END);
         goto out_free_name;
     }
 
     flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC;
-    if (ss.ss_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
     if (cfg->suspend_resume)
         flags |= MHD_ALLOW_SUSPEND_RESUME;
 
@@ -680,13 +710,11 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
         /* The logger first, so MHD routes every message through it. */
         struct MHD_OptionItem opts[] = {
             {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, h},
-            {MHD_OPTION_SOCK_ADDR, 0, &ss},
+            {MHD_OPTION_LISTEN_SOCKET, fd, NULL},
             {MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL},
             {MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_ip, NULL},
             {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)cfg->connection_memory, NULL},
             {MHD_OPTION_CONNECTION_TIMEOUT, cfg->idle_timeout_s, NULL},
-            {MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, NULL},
-            {MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL},
             {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, h},
             {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, h},
             {MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1, NULL},
@@ -704,14 +732,13 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
         h->daemon = MHD_start_daemon(flags, 0, on_accept, h, on_request, h, MHD_OPTION_ARRAY, opts,
                                      MHD_OPTION_END);
     }
+    /* From here the socket is MHD's: it closes it on failure and on stop. */
     if (h->daemon == NULL) {
-        rc = -EADDRINUSE;
+        rc = -ENOMEM;
         ts_log(cfg->log, TS_LOG_ERROR, "cannot start listener", TS_F_STR("listener", cfg->name),
                TS_F_STR("address", cfg->listen), TS_F_END);
         goto out_free_name;
     }
-    info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = info != NULL ? info->port : 0;
     *out = h;
     return 0;
 

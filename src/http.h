@@ -39,7 +39,8 @@ struct ts_route {
 
 struct ts_http_config {
     const char *name;   /* "public" or "admin" */
-    const char *listen; /* host:port */
+    const char *listen;  /* host:port */
+    const char *setting; /* the setting it came from, for messages: "LISTEN" */
     const struct ts_route *routes;
     size_t nroutes;
     void *app; /* handed to every handler */

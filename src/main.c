@@ -6,13 +6,20 @@
  * and exits. It is the only code that touches signals, the environment,
  * resource limits and exit codes.
  *
- * Signals: SIGTERM and SIGINT are blocked in every thread before any thread
- * starts, and taken in one place, a thread that sigwait()s for them. A
- * signal that arrives during start-up stays pending and is handled as soon
- * as start-up completes (the process then drains at once and exits 0). The
- * first signal requests the shutdown (reason "signal"); a second one forces
- * it (skip the waits). The main thread waits for the request, runs the stop
- * sequence, logs one summary line and exits 0.
+ * Signals are blocked in every thread before any thread starts, and taken
+ * in one place, a thread that sigwait()s for them (docs/operations.md has
+ * the table). A signal that arrives during start-up stays pending and is
+ * handled as soon as start-up completes.
+ *   SIGTERM, SIGINT, SIGQUIT  the first requests the shutdown (reason
+ *                             "signal", the first one taken is the one
+ *                             named); any later one forces it (skip the
+ *                             waits). SIGQUIT drains too, as in nginx: a
+ *                             habit must not drop every task.
+ *   SIGHUP                    reload: the key files and COMMANDS_FILE.
+ *   SIGUSR1                   log one status line (state, tasks, streams).
+ *   SIGUSR2                   logged and otherwise ignored.
+ * The main thread waits for the request, runs the stop sequence, logs one
+ * summary line and exits 0.
  *
  * Under systemd (Type=notify) it speaks the notify protocol through
  * libsystemd's sd_notify(), a no-op without NOTIFY_SOCKET: READY=1 once both
@@ -21,12 +28,14 @@
  * tasks, the running count once a second with EXTEND_TIMEOUT_USEC, for as
  * long as the wait stays within our own budget.
  *
- * Exit codes: 0 after a shutdown, 1 when start-up fails (e.g. a port is
- * taken), 2 for an invalid configuration.
+ * Exit codes: 0 after a shutdown, 2 for an invalid configuration (a setting,
+ * a file, a listen address that is in use or not ours), 1 when start-up fails
+ * otherwise.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,35 +50,48 @@
 
 extern char **environ;
 
-/* Sent by main to the signal thread to end it; never expected from outside. */
-#define SIG_QUIT_WAITER SIGUSR1
-
 /* Descriptors beyond the connection cap: listeners, epoll, eventfds, logs,
  * command pipes. */
 #define FD_RESERVE 256
 
-/* Our stop budget beyond GRACEFUL_SHUTDOWN_TIMEOUT + KILL_GRACE (see
- * docs/operations.md), and how often the supervisor hears about progress. */
-#define STOP_MARGIN_NS (10 * TS_NS_PER_S)
+/* How often the supervisor hears about the progress of the stop. */
 #define PROGRESS_EVERY_NS TS_NS_PER_S
+
+static const struct {
+    int sig;
+    const char *name;
+} taken_signals[] = {
+    {SIGTERM, "SIGTERM"}, {SIGINT, "SIGINT"},   {SIGQUIT, "SIGQUIT"},
+    {SIGHUP, "SIGHUP"},   {SIGUSR1, "SIGUSR1"}, {SIGUSR2, "SIGUSR2"},
+};
 
 struct signal_thread {
     pthread_t thread;
     sigset_t set;
+    atomic_bool quit; /* set by main before it wakes the thread to end it */
     struct ts_coordinator *coord;
+    struct ts_server *srv;
     struct ts_log *log;
 };
 
 static const char *
 signal_name(int sig)
 {
-    switch (sig) {
-    case SIGTERM:
-        return "SIGTERM";
-    case SIGINT:
-        return "SIGINT";
-    }
+    for (size_t i = 0; i < sizeof(taken_signals) / sizeof(taken_signals[0]); i++)
+        if (taken_signals[i].sig == sig)
+            return taken_signals[i].name;
     return "signal";
+}
+
+static void
+log_status(struct signal_thread *st)
+{
+    struct ts_drain_status ds;
+
+    ts_coordinator_status(st->coord, &ds);
+    ts_log(st->log, TS_LOG_INFO, "status", TS_F_STR("state", ts_drain_state_name(ds.state)),
+           TS_F_UINT("tasks_active", ts_server_tasks_active(st->srv)),
+           TS_F_UINT("streams", ts_server_streams_open(st->srv)), TS_F_END);
 }
 
 static void *
@@ -79,12 +101,27 @@ take_signals(void *arg)
     int sig;
 
     for (;;) {
-        if (sigwait(&st->set, &sig) != 0 || sig == SIG_QUIT_WAITER)
+        if (sigwait(&st->set, &sig) != 0 || atomic_load(&st->quit))
             return NULL;
-        /* Drain first, log after: /readyz must flip as soon as possible. */
-        ts_coordinator_request_shutdown(st->coord, signal_name(sig));
-        ts_log(st->log, TS_LOG_INFO, "signal received", TS_F_STR("signal", signal_name(sig)),
-               TS_F_END);
+        switch (sig) {
+        case SIGHUP:
+            ts_log(st->log, TS_LOG_INFO, "signal received", TS_F_STR("signal", "SIGHUP"),
+                   TS_F_STR("action", "reload"), TS_F_END);
+            ts_server_reload(st->srv, NULL, 0); /* it logs the outcome */
+            break;
+        case SIGUSR1:
+            log_status(st);
+            break;
+        case SIGUSR2:
+            ts_log(st->log, TS_LOG_INFO, "signal received", TS_F_STR("signal", "SIGUSR2"),
+                   TS_F_STR("action", "none"), TS_F_END);
+            break;
+        default:
+            /* Drain first, log after: /readyz must flip as soon as possible. */
+            ts_coordinator_request_shutdown(st->coord, signal_name(sig));
+            ts_log(st->log, TS_LOG_INFO, "signal received", TS_F_STR("signal", signal_name(sig)),
+                   TS_F_END);
+        }
     }
 }
 
@@ -146,9 +183,7 @@ shutdown_with_progress(struct ts_server *srv, const struct ts_config *cfg,
     struct progress p = {.srv = srv};
     bool reporting;
 
-    p.budget_end_ns = ts_monotonic_ns() +
-                      (cfg->graceful_shutdown_timeout_ms + cfg->kill_grace_ms) * TS_NS_PER_MS +
-                      STOP_MARGIN_NS;
+    p.budget_end_ns = ts_monotonic_ns() + ts_config_stop_budget_ms(cfg) * TS_NS_PER_MS;
     pthread_mutex_init(&p.mu, NULL);
     reporting =
         ts_cond_init(&p.cv) == 0 && pthread_create(&p.thread, NULL, report_progress, &p) == 0;
@@ -201,10 +236,10 @@ main(int argc, char **argv)
 
     /* Before any thread exists, so every thread inherits the mask. */
     sigemptyset(&sigs.set);
-    sigaddset(&sigs.set, SIGTERM);
-    sigaddset(&sigs.set, SIGINT);
-    sigaddset(&sigs.set, SIG_QUIT_WAITER);
+    for (size_t i = 0; i < sizeof(taken_signals) / sizeof(taken_signals[0]); i++)
+        sigaddset(&sigs.set, taken_signals[i].sig);
     pthread_sigmask(SIG_BLOCK, &sigs.set, NULL);
+    atomic_init(&sigs.quit, false);
     sigaction(SIGPIPE, &ign, NULL); /* a closed log pipe must not kill us */
 
     if (ts_config_init(&cfg) != 0) {
@@ -248,15 +283,20 @@ main(int argc, char **argv)
     if (rc != 0)
         goto out_fail;
     rc = ts_server_start(srv);
+    /* The address is the operator's to fix, like any other setting. */
+    if (rc == -EADDRINUSE || rc == -EADDRNOTAVAIL || rc == -EACCES || rc == -EINVAL)
+        status = 2;
     if (rc != 0)
         goto out_fail;
     ts_log(log, TS_LOG_INFO, "started", TS_F_STR("version", TS_VERSION),
            TS_F_UINT("workers", cfg.workers),
            TS_F_INT("graceful_shutdown_timeout_ms", cfg.graceful_shutdown_timeout_ms),
-           TS_F_BOOL("drain_key_configured", cfg.drain_auth_key != NULL), TS_F_END);
+           TS_F_BOOL("drain_key_configured", cfg.drain_auth_key != NULL),
+           TS_F_BOOL("api_key_configured", cfg.api_auth_key != NULL), TS_F_END);
 
     /* Start-up is complete: from here a signal drains. */
     sigs.coord = coord;
+    sigs.srv = srv;
     sigs.log = log;
     rc = -pthread_create(&sigs.thread, NULL, take_signals, &sigs);
     if (rc != 0)
@@ -269,11 +309,14 @@ main(int argc, char **argv)
     ts_log(log, TS_LOG_INFO, "shutdown complete",
            TS_F_STR("reason", ts_drain_reason_name(rep.reason)),
            TS_F_STR("signal", rep.signal_name[0] != '\0' ? rep.signal_name : NULL),
+           TS_F_STR("stop_signal", rep.stop_signal[0] != '\0' ? rep.stop_signal : NULL),
+           TS_F_STR("forced_by", rep.forced_by[0] != '\0' ? rep.forced_by : NULL),
            TS_F_DBL("duration_seconds", rep.duration_s),
            TS_F_UINT("forced_cancellations", rep.forced), TS_F_UINT("abandoned", rep.abandoned),
            TS_F_UINT("streams_cut", rep.streams_closed), TS_F_END);
 
-    pthread_kill(sigs.thread, SIG_QUIT_WAITER);
+    atomic_store(&sigs.quit, true);
+    pthread_kill(sigs.thread, SIGUSR2);
     pthread_join(sigs.thread, NULL);
     /* A C task that ignored cancellation still owns a worker thread and its
      * task: freeing the server would wait for it forever. Exit instead. */

@@ -29,32 +29,11 @@
  * KILL_GRACE, to return before it is abandoned. */
 #define FINISH_MARGIN_NS (2 * TS_NS_PER_S)
 
+/* What TS_STOP_MARGIN_MS promises to cover beyond kill_grace. */
+_Static_assert(FLUSH_BOUND_NS + TS_NS_PER_S + FINISH_MARGIN_NS <= TS_STOP_MARGIN_MS * TS_NS_PER_MS,
+               "the stop sequence outgrew TS_STOP_MARGIN_MS");
+
 static const double shutdown_buckets[] = {0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200};
-
-static char *
-dup_or_null(const char *s)
-{
-    return s != NULL ? strdup(s) : NULL;
-}
-
-static int
-copy_config(struct ts_config *dst, const struct ts_config *src)
-{
-    *dst = *src;
-    dst->listen = dup_or_null(src->listen);
-    dst->admin_listen = dup_or_null(src->admin_listen);
-    dst->drain_auth_key = dup_or_null(src->drain_auth_key);
-    dst->api_auth_key = dup_or_null(src->api_auth_key);
-    dst->commands_file = dup_or_null(src->commands_file);
-    if (dst->listen == NULL || dst->admin_listen == NULL ||
-        (src->drain_auth_key != NULL && dst->drain_auth_key == NULL) ||
-        (src->api_auth_key != NULL && dst->api_auth_key == NULL) ||
-        (src->commands_file != NULL && dst->commands_file == NULL)) {
-        ts_config_dispose(dst);
-        return -ENOMEM;
-    }
-    return 0;
-}
 
 static double
 draining_gauge(void *arg)
@@ -100,7 +79,10 @@ register_metrics(struct ts_server *srv)
 {
     static const char *const http_labels[] = {"listener", "route", "code"};
     static const char *const reason_label[] = {"reason"};
+    static const char *const result_label[] = {"result"};
+    static const char *const ok[] = {"ok"}, *const failed[] = {"failed"};
     struct ts_metrics *m = srv->metrics;
+    struct ts_family *reloads;
 
     srv->http_requests = ts_metrics_family(m, TS_METRIC_COUNTER, "http_requests_total",
                                            "HTTP responses sent, by listener, route and status.", 3,
@@ -111,6 +93,11 @@ register_metrics(struct ts_server *srv)
     srv->drain_auth_failures =
         ts_metrics_simple(m, TS_METRIC_COUNTER, "drain_auth_failures_total",
                           "Requests to /drain refused for a missing or wrong key.");
+    reloads = ts_metrics_family(m, TS_METRIC_COUNTER, "config_reloads_total",
+                                "Reloads (SIGHUP) of the key files and COMMANDS_FILE, by result.",
+                                1, result_label, NULL, 0);
+    srv->reloads_ok = reloads != NULL ? ts_family_series(reloads, ok) : NULL;
+    srv->reloads_failed = reloads != NULL ? ts_family_series(reloads, failed) : NULL;
     srv->shutdown_duration = NULL;
     {
         struct ts_family *f =
@@ -130,7 +117,8 @@ register_metrics(struct ts_server *srv)
             return -ENOMEM;
     }
     if (srv->http_requests == NULL || srv->drain_requests == NULL ||
-        srv->drain_auth_failures == NULL || srv->shutdown_duration == NULL)
+        srv->drain_auth_failures == NULL || srv->shutdown_duration == NULL ||
+        srv->reloads_ok == NULL || srv->reloads_failed == NULL)
         return -ENOMEM;
     return ts_metrics_gauge_fn(m, "graceful_shutdown_draining",
                                "1 while the process is draining or stopping, else 0.",
@@ -149,9 +137,10 @@ ts_server_new(struct ts_server **out, const struct ts_config *cfg, struct ts_coo
     srv = calloc(1, sizeof(*srv));
     if (srv == NULL)
         return -ENOMEM;
-    err = copy_config(&srv->cfg, cfg);
+    err = ts_config_copy(&srv->cfg, cfg);
     if (err != 0)
         goto out_free;
+    pthread_mutex_init(&srv->keys_mu, NULL);
     srv->coord = coord;
     srv->drain = ts_coordinator_view(coord);
     srv->log = log;
@@ -229,6 +218,7 @@ out_cond:
     pthread_cond_destroy(&srv->hk_cv);
 out_dispose:
     pthread_mutex_destroy(&srv->hk_mu);
+    pthread_mutex_destroy(&srv->keys_mu);
     ts_config_dispose(&srv->cfg);
 out_free:
     free(srv);
@@ -297,6 +287,7 @@ ts_server_start(struct ts_server *srv)
     pub = (struct ts_http_config){
         .name = "public",
         .listen = srv->cfg.listen,
+        .setting = "LISTEN",
         .routes = ts_api_routes,
         .nroutes = ts_api_nroutes,
         .app = srv,
@@ -318,6 +309,7 @@ ts_server_start(struct ts_server *srv)
     adm = pub;
     adm.name = "admin";
     adm.listen = srv->cfg.admin_listen;
+    adm.setting = "ADMIN_LISTEN";
     adm.routes = ts_admin_routes;
     adm.nroutes = ts_admin_nroutes;
     adm.max_connections = 64;
@@ -359,6 +351,12 @@ ts_server_tasks_active(struct ts_server *srv)
     return ts_task_service_active(srv->tasks);
 }
 
+unsigned
+ts_server_streams_open(struct ts_server *srv)
+{
+    return ts_sse_active(srv->sse);
+}
+
 int
 ts_server_port(const struct ts_server *srv)
 {
@@ -387,10 +385,10 @@ ts_server_state_json(struct ts_server *srv)
         (json_int_t)ts_task_service_active(srv->tasks));
 }
 
-/* Wait for running tasks (and at least SHUTDOWN_DELAY) until the deadline,
- * or until the coordinator is forced. */
+/* Wait for running tasks until the deadline, or until the coordinator is
+ * forced. Each wake-up is a task ending or the force: never a poll. */
 static void
-wait_for_tasks(struct ts_server *srv, int64_t linger_until, int64_t deadline)
+wait_for_tasks(struct ts_server *srv, int64_t deadline)
 {
     struct ts_drain_status st;
 
@@ -399,12 +397,12 @@ wait_for_tasks(struct ts_server *srv, int64_t linger_until, int64_t deadline)
         unsigned active = ts_task_service_active(srv->tasks);
 
         ts_coordinator_status(srv->coord, &st);
-        if (st.forced || now >= deadline || (active == 0 && now >= linger_until))
+        if (st.forced || now >= deadline || active == 0)
             return;
-        if (active > 0)
-            ts_log(srv->log, TS_LOG_INFO, "waiting for tasks", TS_F_UINT("active", active),
-                   TS_F_DBL("seconds_left", (double)(deadline - now) / TS_NS_PER_S), TS_F_END);
-        ts_task_service_wait_idle(srv->tasks, active == 0 ? linger_until : deadline);
+        ts_log(srv->log, TS_LOG_INFO, "waiting for tasks", TS_F_UINT("active", active),
+               TS_F_DBL("seconds_left", (double)(deadline - now) / TS_NS_PER_S), TS_F_END);
+        if (ts_task_service_wait_idle(srv->tasks, deadline) == 0)
+            return;
     }
 }
 
@@ -458,8 +456,7 @@ ts_server_shutdown(struct ts_server *srv, struct ts_shutdown_report *report)
      * grace period starts, even if a manual drain began earlier. */
     wait_from = st.shutdown_requested_ns != 0 ? st.shutdown_requested_ns : start;
 
-    wait_for_tasks(srv, wait_from + srv->cfg.shutdown_delay_ms * TS_NS_PER_MS,
-                   wait_from + srv->cfg.graceful_shutdown_timeout_ms * TS_NS_PER_MS);
+    wait_for_tasks(srv, wait_from + srv->cfg.graceful_shutdown_timeout_ms * TS_NS_PER_MS);
     if (sub >= 0)
         ts_drain_unsubscribe(&srv->drain, sub);
 
@@ -475,12 +472,18 @@ ts_server_shutdown(struct ts_server *srv, struct ts_shutdown_report *report)
         ts_log(srv->log, TS_LOG_ERROR, "tasks ignored cancellation and were abandoned",
                TS_F_UINT("count", abandoned), TS_F_END);
 
+    /* SHUTDOWN_DELAY runs beside the wait for tasks, not after it: the
+     * public listener stays open at least that long from the signal, for
+     * the load balancers that still send clients here. */
+    ts_coordinator_wait_forced(srv->coord, wait_from + srv->cfg.shutdown_delay_ms * TS_NS_PER_MS);
     cut = stop_public(srv);
 
     ts_coordinator_set_stopped(srv->coord);
     ts_coordinator_status(srv->coord, &st);
     report->reason = st.reason;
     memcpy(report->signal_name, st.signal_name, sizeof(report->signal_name));
+    memcpy(report->stop_signal, st.stop_signal, sizeof(report->stop_signal));
+    memcpy(report->forced_by, st.forced_by, sizeof(report->forced_by));
     report->duration_s = (double)(st.stopped_ns - start) / TS_NS_PER_S;
     report->forced = forced;
     report->abandoned = abandoned;
@@ -509,6 +512,78 @@ ts_server_free(struct ts_server *srv)
     ts_metrics_free(srv->metrics);
     pthread_cond_destroy(&srv->hk_cv);
     pthread_mutex_destroy(&srv->hk_mu);
+    pthread_mutex_destroy(&srv->keys_mu);
     ts_config_dispose(&srv->cfg);
     free(srv);
+}
+
+/* ---- keys and reloading ---- */
+
+int
+ts_server_check_key(struct ts_server *srv, enum ts_server_key which,
+                    const struct ts_http_request *req)
+{
+    const char *key;
+    int rc;
+
+    pthread_mutex_lock(&srv->keys_mu);
+    key = which == TS_SERVER_KEY_API ? srv->cfg.api_auth_key : srv->cfg.drain_auth_key;
+    rc = key == NULL ? -ENOENT : ts_http_bearer_ok(req, key) ? 0 : -EACCES;
+    pthread_mutex_unlock(&srv->keys_mu);
+    return rc;
+}
+
+int
+ts_server_reload(struct ts_server *srv, char *err, size_t errlen)
+{
+    struct ts_config next;
+    const char *result = "failed";
+    char buf[512];
+    int rc;
+
+    if (err == NULL || errlen == 0) {
+        err = buf;
+        errlen = sizeof(buf);
+    }
+    /* Everything is read and checked before anything is swapped: the
+     * key files into a copy first, then the allow-list, which swaps itself
+     * only when all of it is valid; the keys follow, which cannot fail. */
+    pthread_mutex_lock(&srv->keys_mu);
+    rc = ts_config_copy(&next, &srv->cfg);
+    pthread_mutex_unlock(&srv->keys_mu);
+    if (rc != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    rc = ts_config_reread_key_files(&next, err, errlen);
+    if (rc == 0 && srv->commands != NULL)
+        rc = ts_commands_reload(srv->commands, err, errlen);
+    if (rc == 0) {
+        char *api = next.api_auth_key, *drain = next.drain_auth_key;
+
+        pthread_mutex_lock(&srv->keys_mu);
+        next.api_auth_key = srv->cfg.api_auth_key;
+        next.drain_auth_key = srv->cfg.drain_auth_key;
+        srv->cfg.api_auth_key = api;
+        srv->cfg.drain_auth_key = drain;
+        pthread_mutex_unlock(&srv->keys_mu);
+        result = "ok";
+    }
+    ts_config_dispose(&next); /* the old keys, or the unused new ones */
+
+out:
+    ts_series_inc(rc == 0 ? srv->reloads_ok : srv->reloads_failed);
+    if (rc == 0)
+        ts_log(srv->log, TS_LOG_INFO, "reload", TS_F_STR("result", result),
+               TS_F_BOOL("drain_key_file", srv->cfg.drain_auth_key_file != NULL),
+               TS_F_BOOL("api_key_file", srv->cfg.api_auth_key_file != NULL),
+               TS_F_STR("commands_file", srv->commands != NULL ? srv->cfg.commands_file : NULL),
+               TS_F_UINT("commands", srv->commands != NULL ? ts_commands_count(srv->commands) : 0),
+               TS_F_END);
+    else
+        ts_log(srv->log, TS_LOG_ERROR, "reload", TS_F_STR("result", result),
+               TS_F_STR("error", err),
+               TS_F_STR("effect", "nothing was changed: the previous configuration stays in force"),
+               TS_F_END);
+    return rc;
 }

@@ -18,7 +18,8 @@
 #include "taskstream.h"
 
 struct ts_server {
-    struct ts_config cfg;         /* a deep copy */
+    struct ts_config cfg;         /* a deep copy; its two keys are guarded by keys_mu */
+    pthread_mutex_t keys_mu;      /* ts_server_reload() replaces the keys */
     struct ts_coordinator *coord; /* borrowed: the owner decides the lifecycle */
     struct ts_drain_view drain;
     struct ts_log *log; /* borrowed */
@@ -36,6 +37,7 @@ struct ts_server {
     struct ts_family *http_requests;  /* http_requests_total{listener,route,code} */
     struct ts_family *drain_requests; /* graceful_shutdown_requests_total{reason} */
     struct ts_series *drain_auth_failures;
+    struct ts_series *reloads_ok, *reloads_failed; /* config_reloads_total{result} */
     struct ts_series *shutdown_duration; /* task_graceful_shutdown_duration_seconds */
     bool seen_draining;                  /* drain_sub callback state */
     bool seen_shutdown;
@@ -50,6 +52,13 @@ extern const struct ts_route ts_api_routes[];
 extern const size_t ts_api_nroutes;
 extern const struct ts_route ts_admin_routes[];
 extern const size_t ts_admin_nroutes;
+
+enum ts_server_key { TS_SERVER_KEY_API, TS_SERVER_KEY_DRAIN };
+
+/* Does `req` carry the key (Bearer)? 0: yes; -EACCES: a missing or wrong
+ * key; -ENOENT: no such key is configured. Any thread. */
+int ts_server_check_key(struct ts_server *srv, enum ts_server_key which,
+                        const struct ts_http_request *req);
 
 /* The drain state as JSON (POST/DELETE /drain). New reference. */
 json_t *ts_server_state_json(struct ts_server *srv);

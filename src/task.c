@@ -1214,8 +1214,46 @@ ts_task_to_json(struct ts_task *t)
     return o;
 }
 
+/* The public state of a task, as a bit of TS_TASK_STATE_* masks. */
+static unsigned
+state_bit(struct ts_task *t)
+{
+    unsigned bit;
+
+    pthread_mutex_lock(&t->mu);
+    bit = t->state != TS_TASK_DONE ? 1u << t->state : 1u << (2 + t->status);
+    pthread_mutex_unlock(&t->mu);
+    return bit;
+}
+
+int
+ts_task_parse_states(const char *text, unsigned *out)
+{
+    static const char *const names[] = {"queued",    "running",  "succeeded",
+                                        "failed",    "cancelled"};
+    unsigned mask = 0;
+    const char *p = text;
+
+    for (;;) {
+        size_t len = strcspn(p, ",");
+        size_t i;
+
+        for (i = 0; i < TS_ARRAY_SIZE(names); i++)
+            if (strlen(names[i]) == len && strncmp(p, names[i], len) == 0)
+                break;
+        if (i == TS_ARRAY_SIZE(names))
+            return -EINVAL;
+        mask |= 1u << i;
+        if (p[len] == '\0')
+            break;
+        p += len + 1;
+    }
+    *out = mask;
+    return 0;
+}
+
 json_t *
-ts_task_service_list(struct ts_task_service *svc)
+ts_task_service_list(struct ts_task_service *svc, unsigned states, size_t limit)
 {
     struct ts_task *t;
     json_t *list;
@@ -1224,7 +1262,9 @@ ts_task_service_list(struct ts_task_service *svc)
     if (list == NULL)
         return NULL;
     pthread_mutex_lock(&svc->mu);
-    for (t = svc->newest; t != NULL; t = t->older) {
+    for (t = svc->newest; t != NULL && json_array_size(list) < limit; t = t->older) {
+        if (states != 0 && (state_bit(t) & states) == 0)
+            continue;
         if (json_array_append_new(list, ts_task_to_json(t)) != 0) {
             json_decref(list);
             list = NULL;

@@ -92,8 +92,14 @@ int ts_task_cancel(struct ts_task_service *svc, struct ts_task *t);
  * null), reason, exit_code, signal, events (last event id). New reference. */
 json_t *ts_task_to_json(struct ts_task *t);
 
-/* All known tasks, newest first, as a JSON array. New reference. */
-json_t *ts_task_service_list(struct ts_task_service *svc);
+/* Known tasks, newest first, as a JSON array: at most `limit`, only those
+ * whose state is in `states` (a mask from ts_task_parse_states(); 0: all).
+ * New reference. */
+json_t *ts_task_service_list(struct ts_task_service *svc, unsigned states, size_t limit);
+
+/* "running,queued" -> a mask of states for ts_task_service_list(): queued,
+ * running, succeeded, failed, cancelled. 0 or -EINVAL. */
+int ts_task_parse_states(const char *text, unsigned *out);
 
 /* ---- for SSE streams ---- */
 

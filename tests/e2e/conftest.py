@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from tshelpers import SANITIZE, Response, http, parse_duration, scaled, scrape, wait_for
+from tshelpers import SANITIZE, Response, http, scaled, scrape, stop_budget_s, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,10 +53,6 @@ DEFAULT_ENV = {
     "LOG_FORMAT": "json",
     "GRACEFUL_SHUTDOWN_TIMEOUT": "10s",
 }
-
-# The stream flush bound of the stop sequence (src/server.c FLUSH_BOUND_NS)
-# plus the time streams get after being cut.
-FLUSH_BOUND_S = 6.0
 
 
 def find_binary():
@@ -240,11 +236,9 @@ class Daemon:
         self.expected_errors.append(substring)
 
     def stop_deadline(self):
-        """How long a SIGTERM may take with this configuration."""
-        g = parse_duration(self.env.get("GRACEFUL_SHUTDOWN_TIMEOUT", "600s")) or 0
-        d = parse_duration(self.env.get("SHUTDOWN_DELAY", "0s")) or 0
-        k = parse_duration(self.env.get("KILL_GRACE", "10s")) or 0
-        return scaled(max(g, d) + FLUSH_BOUND_S + 10) + (k if "COMMANDS_FILE" in self.env else 0)
+        """How long a SIGTERM may take with this configuration: the
+        daemon's own stop budget, stretched under sanitizers."""
+        return scaled(stop_budget_s(self.env))
 
     def finish(self):
         """Teardown: stop the daemon if needed and list what is wrong."""

@@ -130,7 +130,10 @@ def test_port_in_use_fails_startup(run_once):
         s.listen(1)
         port = s.getsockname()[1]
         res = run_once({"LISTEN": f"127.0.0.1:{port}"})
-    assert res.returncode == 1, res.stderr
+    # A port in use is the operator's to fix, like any setting: exit 2 (the
+    # systemd unit does not restart on it), naming the setting and address.
+    assert res.returncode == 2, res.stderr
+    assert f"LISTEN 127.0.0.1:{port}: address already in use" in res.stderr, res.stderr
     assert "start-up failed" in res.stderr
 
 

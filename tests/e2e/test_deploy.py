@@ -5,7 +5,8 @@
   preStop hook (SHUTDOWN_DELAY does the endpoint-removal wait).
 - The drain key comes from a Secret mounted as a file (DRAIN_AUTH_KEY_FILE).
 - The stop budget: terminationGracePeriodSeconds (TimeoutStopSec) covers
-  GRACEFUL_SHUTDOWN_TIMEOUT + KILL_GRACE + SHUTDOWN_DELAY + 10 s, and
+  max(GRACEFUL_SHUTDOWN_TIMEOUT + KILL_GRACE, SHUTDOWN_DELAY) + the margin
+  (TS_STOP_MARGIN_MS), and
   TERMINATION_GRACE_PERIOD says the same number, so the daemon checks it.
 - The daemon accepts the manifest's settings as they are, and refuses to
   start (exit 2, naming TERMINATION_GRACE_PERIOD) when the period is 1 s
@@ -21,12 +22,11 @@ import subprocess
 import pytest
 import yaml
 
-from tshelpers import parse_duration, scaled
+from tshelpers import STOP_MARGIN_S, parse_duration, scaled, stop_budget_s
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 K8S = os.path.join(REPO, "deploy", "kubernetes")
 UNIT = os.path.join(REPO, "deploy", "systemd", "taskstreamd.service")
-MARGIN_S = 10  # src/config.c BUDGET_MARGIN_MS
 
 
 def load_manifests():
@@ -60,13 +60,7 @@ def manifests():
 
 
 def budget_s(env):
-    def seconds(name, default):
-        v = parse_duration(env.get(name, default))
-        assert v is not None, f"{name}={env.get(name)!r} is not a duration"
-        return v
-
-    return (seconds("GRACEFUL_SHUTDOWN_TIMEOUT", "600s") + seconds("KILL_GRACE", "10s")
-            + seconds("SHUTDOWN_DELAY", "0s") + MARGIN_S)
+    return stop_budget_s(env)
 
 
 def port_of(address):
@@ -129,8 +123,8 @@ def test_grace_period_covers_the_stop_budget(manifests):
     pod, env = manifests["pod"], manifests["env"]
     grace = pod["terminationGracePeriodSeconds"]
     need = budget_s(env)
-    assert grace >= need, (f"terminationGracePeriodSeconds {grace} < GRACEFUL_SHUTDOWN_TIMEOUT + "
-                           f"KILL_GRACE + SHUTDOWN_DELAY + {MARGIN_S} = {need}")
+    assert grace >= need, (f"terminationGracePeriodSeconds {grace} < max(GRACEFUL_SHUTDOWN_TIMEOUT + "
+                           f"KILL_GRACE, SHUTDOWN_DELAY) + {STOP_MARGIN_S} = {need}")
     assert parse_duration(env["TERMINATION_GRACE_PERIOD"]) == grace, \
         "TERMINATION_GRACE_PERIOD must repeat terminationGracePeriodSeconds"
     assert parse_duration(env["SHUTDOWN_DELAY"]) > 0, "endpoint removal needs a SHUTDOWN_DELAY"
@@ -225,6 +219,8 @@ def test_systemd_unit_budget_and_kill_mode():
     cred = env["DRAIN_AUTH_KEY_FILE"][3:]
     assert any(k == "LoadCredential" and v.startswith(cred + ":") for k, v in service)
     assert "2" in opts["RestartPreventExitStatus"].split()
+    # systemctl reload sends what taskstreamd reloads on (test_reload.py).
+    assert opts["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert unit["Install"] == [("WantedBy", "multi-user.target")]
 
 

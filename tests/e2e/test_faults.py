@@ -9,6 +9,8 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 from conftest import base_env
 from tshelpers import http, scaled, wait_for
 
@@ -113,20 +115,70 @@ def test_kill9_during_drain_then_immediate_restart_on_same_ports(daemon):
     ticker_round_trip(d2.url)
 
 
-def test_sigterm_storm_is_one_shutdown(daemon):
-    d = daemon({"GRACEFUL_SHUTDOWN_TIMEOUT": "2s"})
-    t = d.submit(count=1000, interval_ms=10)
-    d.wait_task(t["id"], states=("running",))
+def storm(pid):
+    """200 SIGTERMs, then 50 SIGINTs, as fast as they can be sent."""
     for _ in range(200):
-        os.kill(d.pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
     for _ in range(50):
-        os.kill(d.pid, signal.SIGINT)
-    assert d.wait_exit(scaled(20)) == 0
-    # Exactly one summary; the second signal forced the stop (DESIGN: a
+        os.kill(pid, signal.SIGINT)
+
+
+def check_one_shutdown(d, signal_name):
+    # Exactly one summary; a second signal forced the stop (DESIGN: a
     # second signal skips the remaining waits), so the ticker was cancelled
     # at once rather than after GRACEFUL_SHUTDOWN_TIMEOUT.
     summary = d.summary()
-    assert summary["reason"] == "signal" and summary["signal"] == "SIGTERM", summary
+    assert summary["reason"] == "signal" and summary["signal"] == signal_name, summary
+    assert summary["forced_by"] is not None, summary
     assert summary["forced_cancellations"] == 1 and summary["abandoned"] == 0, summary
     assert summary["duration_seconds"] < 2, summary
     assert len(d.logs("draining")) == 1
+    assert d.logs("draining")[0]["signal"] == signal_name
+
+
+def test_sigterm_storm_is_one_shutdown(daemon):
+    # The reason is the first signal the process *takes*. One SIGTERM,
+    # taken (its log line is written after the drain began), then the storm.
+    d = daemon({"GRACEFUL_SHUTDOWN_TIMEOUT": "2s"})
+    t = d.submit(count=1000, interval_ms=10)
+    d.wait_task(t["id"], states=("running",))
+    os.kill(d.pid, signal.SIGTERM)
+    d.wait_log("signal received", signal="SIGTERM")
+    storm(d.pid)
+    assert d.wait_exit(scaled(20)) == 0
+    check_one_shutdown(d, "SIGTERM")
+
+
+def test_mixed_pending_signals_name_the_first_taken(daemon):
+    # SIGTERM and SIGINT may both be pending before the signal thread runs;
+    # which one it takes first is the kernel's choice (the lower number),
+    # and whichever it is, that is the reason the summary gives.
+    d = daemon({"GRACEFUL_SHUTDOWN_TIMEOUT": "2s"})
+    t = d.submit(count=1000, interval_ms=10)
+    d.wait_task(t["id"], states=("running",))
+    storm(d.pid)
+    assert d.wait_exit(scaled(20)) == 0
+    first = d.logs("signal received")[0]["signal"]
+    assert first in ("SIGTERM", "SIGINT")
+    check_one_shutdown(d, first)
+
+
+@pytest.mark.parametrize("taken", ["LISTEN", "ADMIN_LISTEN"])
+def test_second_instance_on_a_port_in_use_exits_2(daemon, run_once, taken):
+    # A second daemon must not share the port (SO_REUSEPORT would let it, and
+    # the kernel would split the clients between the two).
+    env, url, admin = fixed_ports_env()
+    first = daemon(env)
+    t = first.submit(count=1, interval_ms=1)
+    second_env = dict(env)
+    if taken == "LISTEN":
+        second_env["ADMIN_LISTEN"] = f"127.0.0.1:{free_port()}"
+    else:
+        second_env["LISTEN"] = f"127.0.0.1:{free_port()}"
+    r = run_once(second_env)
+    assert r.returncode == 2, r.stderr
+    assert f"{taken} {env[taken]}: address already in use" in r.stderr, r.stderr
+    assert '"listening"' not in r.stderr or taken == "LISTEN", r.stderr
+    # Every request still reaches the first daemon.
+    for _ in range(20):
+        assert http("GET", f"{url}/v1/tasks/{t['id']}").status == 200

@@ -1,6 +1,7 @@
 """SIGTERM / SIGINT: readiness drops at once, liveness stays, the process
 waits as configured and exits 0 with one summary line."""
 
+import os
 import signal
 import time
 
@@ -122,3 +123,68 @@ def test_sigpipe_is_ignored(daemon):
     time.sleep(0.2)
     assert d.running()
     assert d.readyz() == 200
+
+
+def test_sigquit_drains_like_sigterm(daemon):
+    # Ctrl-\ and nginx's "graceful quit": a habit that must not drop tasks.
+    d = daemon()
+    t = d.submit(count=10, interval_ms=100)
+    d.wait_task(t["id"], states=("running",))
+    d.signal(signal.SIGQUIT)
+    wait_for(lambda: d.readyz() == 503, scaled(1), what="/readyz 503")
+    assert d.wait_exit(scaled(15)) == 0
+    s = check_summary(d, "SIGQUIT")
+    assert s["forced_cancellations"] == 0
+    assert [f["status"] for f in d.logs("task finished", task_id=t["id"])] == ["succeeded"]
+
+
+def test_usr1_logs_status_usr2_is_ignored(daemon):
+    d = daemon()
+    t = d.submit(count=1000, interval_ms=10)
+    d.wait_task(t["id"], states=("running",))
+    d.signal(signal.SIGUSR1)
+    st = d.wait_log("status")
+    assert st["state"] == "serving" and st["tasks_active"] == 1 and st["streams"] == 0, st
+    d.signal(signal.SIGUSR2)
+    d.wait_log("signal received", signal="SIGUSR2", action="none")
+    # Neither stopped nor drained anything; and the signal thread still
+    # answers (SIGUSR2 is also what ends it at exit).
+    assert d.running() and d.readyz() == 200
+    assert d.task(t["id"])["state"] == "running"
+    d.signal(signal.SIGUSR1)
+    wait_for(lambda: len(d.logs("status")) == 2, scaled(5), what="second status line")
+    assert d.stop() == 0
+    check_summary(d, "SIGTERM")
+
+
+def test_manual_drain_then_signals_names_who_forced(daemon):
+    d = daemon({"DRAIN_AUTH_KEY": "k", "SHUTDOWN_DELAY": "30s"})
+    assert d.drain("k").status == 202
+    d.signal(signal.SIGINT)
+    d.wait_log("signal received", signal="SIGINT")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(scaled(5)) == 0
+    s = check_summary(d, None, reason="manual")
+    assert s["stop_signal"] == "SIGINT" and s["forced_by"] == "SIGTERM", s
+
+
+def cpu_ticks(pid):
+    """utime + stime of `pid`, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_shutdown_delay_does_not_spin(daemon):
+    # The listener is held open by a timed wait, not a loop: over a second
+    # of SHUTDOWN_DELAY the process uses next to no CPU (a loop used all of
+    # one core).
+    d = daemon({"SHUTDOWN_DELAY": "3s"})
+    d.signal(signal.SIGTERM)
+    d.wait_log("draining")
+    before = cpu_ticks(d.pid)
+    time.sleep(1)  # the window measured, well inside the delay
+    used = cpu_ticks(d.pid) - before
+    assert d.running()
+    assert used < os.sysconf("SC_CLK_TCK") // 4, f"{used} ticks in 1 s of SHUTDOWN_DELAY"
+    assert d.wait_exit(scaled(10)) == 0

@@ -39,6 +39,33 @@ def parse_duration(text):
     return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
 
 
+def _stop_margin_s():
+    """TS_STOP_MARGIN_MS from the public header: one constant, read here
+    rather than written again."""
+    header = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "include",
+                          "taskstream.h")
+    with open(header) as f:
+        m = re.search(r"^#define TS_STOP_MARGIN_MS (\d+)$", f.read(), re.M)
+    assert m, "TS_STOP_MARGIN_MS not found in include/taskstream.h"
+    return int(m.group(1)) / 1000
+
+
+STOP_MARGIN_S = _stop_margin_s()
+
+
+def stop_budget_s(env):
+    """The daemon's stop budget (ts_config_stop_budget_ms) for settings
+    `env`: max(GRACEFUL_SHUTDOWN_TIMEOUT + KILL_GRACE, SHUTDOWN_DELAY) +
+    the margin, in seconds."""
+    def seconds(name, default):
+        v = parse_duration(env.get(name, default))
+        assert v is not None, f"{name}={env.get(name)!r} is not a duration"
+        return v
+
+    tasks = seconds("GRACEFUL_SHUTDOWN_TIMEOUT", "600s") + seconds("KILL_GRACE", "10s")
+    return max(tasks, seconds("SHUTDOWN_DELAY", "0s")) + STOP_MARGIN_S
+
+
 def wait_for(predicate, timeout, interval=0.02, what="condition"):
     """Poll `predicate` until it returns something truthy; return that.
     Raises AssertionError after `timeout` seconds."""

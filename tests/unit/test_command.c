@@ -344,7 +344,7 @@ test_prepare(void **state)
          "unknown field \"argv\" (allowed: kind, command, params)"},
         {"{\"params\":{}}", -EINVAL, "\"command\" must be a string naming a command"},
         {"{\"command\":7}", -EINVAL, "\"command\" must be a string naming a command"},
-        {"{\"command\":\"rm\"}", -ENOENT, "unknown command \"rm\""},
+        {"{\"command\":\"rm\"}", -ENOENT, "unknown command \"rm\" (allowed: greet, copy, open)"},
         {"[]", -EINVAL, "the request must be a JSON object"},
     };
     struct ts_commands *cmds = NULL;

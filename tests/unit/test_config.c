@@ -588,6 +588,86 @@ test_key_file(void **state)
     }
 }
 
+/* Every owned string set, then copied: the copy must own its own strings
+ * (under ASan a shared one is a use after free or a double free here). */
+static void
+test_copy(void **state)
+{
+    char path[128], drain_env[160], api_env[160];
+    char *envp[] = {"LISTEN=127.0.0.1:1", "ADMIN_LISTEN=[::1]:2", drain_env, api_env,
+                    "COMMANDS_FILE=/etc/taskstream/commands.json", NULL};
+    struct ts_config cfg, copy;
+    char *const *src_fields[] = {&cfg.listen, &cfg.admin_listen, &cfg.drain_auth_key,
+                                 &cfg.drain_auth_key_file, &cfg.api_auth_key,
+                                 &cfg.api_auth_key_file, &cfg.commands_file};
+    char *const *dst_fields[] = {&copy.listen, &copy.admin_listen, &copy.drain_auth_key,
+                                 &copy.drain_auth_key_file, &copy.api_auth_key,
+                                 &copy.api_auth_key_file, &copy.commands_file};
+    char saved[TS_ARRAY_SIZE(src_fields)][128];
+    char err[512];
+    size_t i;
+
+    (void)state;
+    snprintf(path, sizeof(path), "%s/key", tmpdir);
+    write_file(path, SECRET "\n", sizeof(SECRET));
+    snprintf(drain_env, sizeof(drain_env), "DRAIN_AUTH_KEY_FILE=%s", path);
+    snprintf(api_env, sizeof(api_env), "API_AUTH_KEY_FILE=%s", path);
+    assert_int_equal(ts_config_init(&cfg), 0);
+    if (parse(&cfg, envp, NULL, err, sizeof(err)) != 0)
+        fail_msg("%s", err);
+    for (i = 0; i < TS_ARRAY_SIZE(src_fields); i++) {
+        assert_non_null(*src_fields[i]);
+        snprintf(saved[i], sizeof(saved[i]), "%s", *src_fields[i]);
+    }
+    assert_string_equal(cfg.drain_auth_key_file, path);
+    assert_string_equal(cfg.api_auth_key, SECRET);
+
+    assert_int_equal(ts_config_copy(&copy, &cfg), 0);
+    for (i = 0; i < TS_ARRAY_SIZE(src_fields); i++)
+        assert_ptr_not_equal(*dst_fields[i], *src_fields[i]);
+    ts_config_dispose(&cfg);
+    for (i = 0; i < TS_ARRAY_SIZE(dst_fields); i++)
+        assert_string_equal(*dst_fields[i], saved[i]);
+    assert_int_equal(copy.workers, 4);
+    ts_config_dispose(&copy);
+    ts_config_dispose(&copy); /* disposing twice is harmless: the fields are NULL */
+}
+
+/* SIGHUP's part in the config: the key files are read again, all or
+ * nothing. */
+static void
+test_reread_key_files(void **state)
+{
+    char path[128], envbuf[160], err[512];
+    char *envp[] = {envbuf, "API_AUTH_KEY=Direct-Key", NULL};
+    struct ts_config cfg;
+
+    (void)state;
+    snprintf(path, sizeof(path), "%s/key", tmpdir);
+    write_file(path, "First-Key\n", 10);
+    snprintf(envbuf, sizeof(envbuf), "DRAIN_AUTH_KEY_FILE=%s", path);
+    assert_int_equal(ts_config_init(&cfg), 0);
+    assert_int_equal(parse(&cfg, envp, NULL, err, sizeof(err)), 0);
+    assert_string_equal(cfg.drain_auth_key, "First-Key");
+
+    write_file(path, "Second-Key\n", 11);
+    assert_int_equal(ts_config_reread_key_files(&cfg, err, sizeof(err)), 0);
+    assert_string_equal(cfg.drain_auth_key, "Second-Key");
+    assert_string_equal(cfg.api_auth_key, "Direct-Key"); /* not from a file: kept */
+
+    write_file(path, "Two words\n", 10);
+    assert_int_equal(ts_config_reread_key_files(&cfg, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "DRAIN_AUTH_KEY_FILE"));
+    assert_null(strstr(err, "words"));
+    assert_string_equal(cfg.drain_auth_key, "Second-Key");
+
+    unlink(path);
+    assert_int_equal(ts_config_reread_key_files(&cfg, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "cannot read"));
+    assert_string_equal(cfg.drain_auth_key, "Second-Key");
+    ts_config_dispose(&cfg);
+}
+
 static void
 test_key_file_errors(void **state)
 {
@@ -731,25 +811,40 @@ test_termination_budget(void **state)
         {{"TERMINATION_GRACE_PERIOD=620", NULL}, 0, NULL},
         {{"TERMINATION_GRACE_PERIOD=619999ms", NULL},
          -EINVAL,
-         "GRACEFUL_SHUTDOWN_TIMEOUT 600s + KILL_GRACE 10s + SHUTDOWN_DELAY 0s + 10s margin = "
+         "max(GRACEFUL_SHUTDOWN_TIMEOUT 600s + KILL_GRACE 10s, SHUTDOWN_DELAY 0s) + 10s margin = "
          "620s"},
         {{"TERMINATION_GRACE_PERIOD=30", NULL},
          -EINVAL,
          "TERMINATION_GRACE_PERIOD (--termination-grace-period): \"30s\" is too short"},
         {{"TERMINATION_GRACE_PERIOD=30", "GRACEFUL_SHUTDOWN_TIMEOUT=10s", NULL}, 0, NULL},
-        {{"TERMINATION_GRACE_PERIOD=30", "GRACEFUL_SHUTDOWN_TIMEOUT=10s", "SHUTDOWN_DELAY=1s",
+        /* SHUTDOWN_DELAY runs beside the wait for tasks: it counts only when
+         * it is the longer of the two. */
+        {{"TERMINATION_GRACE_PERIOD=30", "GRACEFUL_SHUTDOWN_TIMEOUT=10s", "SHUTDOWN_DELAY=20s",
+          NULL},
+         0,
+         NULL},
+        {{"TERMINATION_GRACE_PERIOD=30", "GRACEFUL_SHUTDOWN_TIMEOUT=10s", "SHUTDOWN_DELAY=21s",
           NULL},
          -EINVAL,
-         "GRACEFUL_SHUTDOWN_TIMEOUT 10s + KILL_GRACE 10s + SHUTDOWN_DELAY 1s + 10s margin = 31s; "
-         "raise it to at least 31s"},
-        {{"TERMINATION_GRACE_PERIOD=1h", "GRACEFUL_SHUTDOWN_TIMEOUT=3585", "KILL_GRACE=4500ms",
+         "max(GRACEFUL_SHUTDOWN_TIMEOUT 10s + KILL_GRACE 10s, SHUTDOWN_DELAY 21s) + 10s margin = "
+         "31s; raise it to at least 31s"},
+        {{"TERMINATION_GRACE_PERIOD=29", "GRACEFUL_SHUTDOWN_TIMEOUT=10s", "SHUTDOWN_DELAY=1s",
+          NULL},
+         -EINVAL,
+         "max(GRACEFUL_SHUTDOWN_TIMEOUT 10s + KILL_GRACE 10s, SHUTDOWN_DELAY 1s) + 10s margin = "
+         "30s"},
+        {{"TERMINATION_GRACE_PERIOD=1h", "GRACEFUL_SHUTDOWN_TIMEOUT=3585", "KILL_GRACE=5000ms",
+          "SHUTDOWN_DELAY=1h", NULL},
+         -EINVAL,
+         NULL},
+        {{"TERMINATION_GRACE_PERIOD=1h", "GRACEFUL_SHUTDOWN_TIMEOUT=3585", "KILL_GRACE=5000ms",
           "SHUTDOWN_DELAY=500ms", NULL},
          0,
          NULL},
-        {{"TERMINATION_GRACE_PERIOD=1h", "GRACEFUL_SHUTDOWN_TIMEOUT=3585", "KILL_GRACE=4500ms",
-          "SHUTDOWN_DELAY=501ms", NULL},
+        {{"TERMINATION_GRACE_PERIOD=1h", "GRACEFUL_SHUTDOWN_TIMEOUT=3585", "KILL_GRACE=5001ms",
+          "SHUTDOWN_DELAY=500ms", NULL},
          -EINVAL,
-         "3585s + KILL_GRACE 4500ms + SHUTDOWN_DELAY 501ms + 10s margin = 3600001ms"},
+         "3585s + KILL_GRACE 5001ms, SHUTDOWN_DELAY 500ms) + 10s margin = 3600001ms"},
     };
     size_t i;
 
@@ -904,7 +999,7 @@ test_markdown(void **state)
     assert_non_null(strstr(text, "A bare number is seconds"));
     assert_non_null(strstr(text, "`k`, `M` or `G`"));
     assert_non_null(strstr(text, "| Variable | Flag | Default | Description |\n"));
-    assert_non_null(strstr(text, "600s + 10s + 0s + 10s = 620s"));
+    assert_non_null(strstr(text, "max(600s + 10s, 0s) + 10s = 620s"));
     for (i = 0; i < TS_ARRAY_SIZE(all_settings); i++) {
         char want[128];
 
@@ -942,6 +1037,8 @@ main(void)
         cmocka_unit_test(test_key_file),
         cmocka_unit_test(test_key_file_errors),
         cmocka_unit_test(test_key_and_file),
+        cmocka_unit_test(test_copy),
+        cmocka_unit_test(test_reread_key_files),
         cmocka_unit_test(test_secret_never_echoed),
         cmocka_unit_test(test_termination_budget),
         cmocka_unit_test(test_address_split),
