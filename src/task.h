@@ -104,9 +104,9 @@ json_t *ts_task_service_list(struct ts_task_service *svc);
  * call. wake() must not block nor take the task's lock.
  */
 struct ts_task_waiter {
-    struct ts_task_waiter *prev, *next; /* guarded by the task's lock */
+    struct ts_task_waiter *prev, *next; /* utlist, valid only while linked; task lock */
     void (*wake)(struct ts_task_waiter *w);
-    bool linked;
+    bool linked; /* in the task's list; task lock */
 };
 
 void ts_task_lock(struct ts_task *t);
