@@ -48,6 +48,7 @@
 #include <utlist.h>
 
 #include "sse.h"
+#include "util.h"
 
 #define STREAM_BLOCK_BYTES 1024
 
@@ -265,7 +266,7 @@ ts_sse_close_all(struct ts_sse *sse)
 static void
 wake(struct ts_task_waiter *w)
 {
-    struct stream *s = (struct stream *)((char *)w - offsetof(struct stream, waiter));
+    struct stream *s = ts_container_of(w, struct stream, waiter);
 
     if (s->suspended) {
         s->suspended = false;

@@ -8,6 +8,13 @@
 
 #define TS_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* The `type` whose `member` `ptr` points to. A `ptr` of another type than
+ * the member's draws a warning (an error with -Werror): it is compared, in
+ * sizeof and so never evaluated, with a pointer to the member. */
+#define ts_container_of(ptr, type, member)                                                         \
+    ((type *)(void *)(((char *)(ptr)) - offsetof(type, member) -                                   \
+                      0 * sizeof((ptr) == &((type *)0)->member)))
+
 /* Compare two secrets in time that depends only on the lengths, never on
  * where they differ. */
 bool ts_ct_equal(const void *a, size_t alen, const void *b, size_t blen);

@@ -286,7 +286,7 @@ deadline_in_ms(int64_t ms)
 /* ---- reading tasks ---- */
 
 struct test_waiter {
-    struct ts_task_waiter w; /* first: the wake callback casts back */
+    struct ts_task_waiter w;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int wakes;
@@ -295,7 +295,7 @@ struct test_waiter {
 static void
 on_wake(struct ts_task_waiter *w)
 {
-    struct test_waiter *tw = (struct test_waiter *)w;
+    struct test_waiter *tw = ts_container_of(w, struct test_waiter, w);
 
     pthread_mutex_lock(&tw->mu);
     tw->wakes++;
