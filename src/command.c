@@ -1415,40 +1415,6 @@ out:
 /* Output                                                                    */
 /* ------------------------------------------------------------------------ */
 
-/* Length of the well-formed UTF-8 sequence at s (left > 0 bytes), or 0. */
-static size_t
-utf8_sequence(const unsigned char *s, size_t left)
-{
-    uint32_t cp;
-    size_t n;
-
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        n = 2;
-        cp = s[0] & 0x1f;
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        n = 3;
-        cp = s[0] & 0x0f;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        n = 4;
-        cp = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (n > left)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
-
 size_t
 ts_utf8_repair(const char *in, size_t len, char *out)
 {
@@ -1457,7 +1423,7 @@ ts_utf8_repair(const char *in, size_t len, char *out)
     size_t i = 0, o = 0, n;
 
     while (i < len) {
-        n = utf8_sequence(s + i, len - i);
+        n = ts_utf8_sequence(s + i, len - i);
         if (n == 0) {
             memcpy(out + o, replacement, 3);
             o += 3;

@@ -36,6 +36,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <utlist.h>
+
 #include "config.h"
 #include "http.h"
 
@@ -45,7 +47,7 @@
 
 /* A connection, from accept to close; guarded by conns_mu. */
 struct conn_info {
-    struct conn_info *prev, *next; /* in the waiting list while awaiting headers */
+    struct conn_info *prev, *next; /* utlist: the waiting list, while `waiting` */
     int fd;
     int64_t since_ns; /* accept, or end of the previous request */
     bool waiting;     /* linked: headers not yet complete */
@@ -79,11 +81,7 @@ struct ts_http_request {
 static void
 link_waiting(struct ts_http *h, struct conn_info *ci)
 {
-    ci->prev = NULL;
-    ci->next = h->waiting;
-    if (h->waiting != NULL)
-        h->waiting->prev = ci;
-    h->waiting = ci;
+    DL_PREPEND(h->waiting, ci);
     ci->waiting = true;
 }
 
@@ -92,13 +90,7 @@ unlink_waiting(struct ts_http *h, struct conn_info *ci)
 {
     if (!ci->waiting)
         return;
-    if (ci->prev != NULL)
-        ci->prev->next = ci->next;
-    else
-        h->waiting = ci->next;
-    if (ci->next != NULL)
-        ci->next->prev = ci->prev;
-    ci->prev = ci->next = NULL;
+    DL_DELETE(h->waiting, ci);
     ci->waiting = false;
 }
 
@@ -175,6 +167,7 @@ request_finished(struct ts_http *h, struct MHD_Connection *conn)
 unsigned
 ts_http_enforce_deadlines(struct ts_http *h)
 {
+    struct conn_info *ci, *next;
     int64_t cutoff;
     unsigned cut = 0;
 
@@ -182,8 +175,8 @@ ts_http_enforce_deadlines(struct ts_http *h)
         return 0;
     cutoff = ts_clock_now_ns(&h->cfg.clock) - h->cfg.header_timeout_ns;
     pthread_mutex_lock(&h->conns_mu);
-    for (struct conn_info *ci = h->waiting, *next; ci != NULL; ci = next) {
-        next = ci->next;
+    DL_FOREACH_SAFE(h->waiting, ci, next)
+    {
         if (ci->since_ns > cutoff || ci->fd < 0)
             continue;
         /* MHD sees the shutdown as a closed peer and cleans up on its own

@@ -156,40 +156,6 @@ put_str(struct line *l, const char *s)
     return put(l, s, strlen(s));
 }
 
-/* Length of the well-formed UTF-8 sequence (RFC 3629: no overlongs, no
- * surrogates, nothing past U+10FFFF) at s[0], whose first byte is >= 0x80;
- * 0 when it is not one. `s` is NUL-terminated, which ends any sequence. */
-static size_t
-utf8_len(const unsigned char *s)
-{
-    unsigned char lo = 0x80, hi = 0xbf;
-    size_t n, i;
-
-    if (s[0] >= 0xc2 && s[0] <= 0xdf)
-        n = 2;
-    else if (s[0] >= 0xe0 && s[0] <= 0xef)
-        n = 3;
-    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-        n = 4;
-    else
-        return 0;
-    /* The second byte's range is narrower after these leads. */
-    if (s[0] == 0xe0)
-        lo = 0xa0;
-    else if (s[0] == 0xed)
-        hi = 0x9f;
-    else if (s[0] == 0xf0)
-        lo = 0x90;
-    else if (s[0] == 0xf4)
-        hi = 0x8f;
-    if (s[1] < lo || s[1] > hi)
-        return 0;
-    for (i = 2; i < n; i++)
-        if (s[i] < 0x80 || s[i] > 0xbf)
-            return 0;
-    return n;
-}
-
 /* True when a text value must be quoted to be read back unambiguously. */
 static bool
 text_needs_quotes(const char *s)
@@ -204,7 +170,7 @@ text_needs_quotes(const char *s)
         if (*p <= ' ' || *p == '"' || *p == '=' || *p == '\\' || *p == 0x7f)
             return true;
         if (*p >= 0x80) {
-            n = utf8_len(p);
+            n = ts_utf8_sequence(p, strnlen((const char *)p, TS_UTF8_MAX));
             if (n == 0)
                 return true;
         }
@@ -267,7 +233,7 @@ put_string(struct line *l, const char *s, bool quoted)
                 unit = (const char *)p;
                 n = 1;
             } else {
-                n = utf8_len(p);
+                n = ts_utf8_sequence(p, strnlen((const char *)p, TS_UTF8_MAX));
                 if (n == 0) {
                     unit = "\\ufffd";
                     n = 6;

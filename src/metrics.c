@@ -698,38 +698,6 @@ put_double(struct out *o, double v)
     put_str(o, num);
 }
 
-/* Length of the well-formed UTF-8 sequence at `p` (a lead byte >= 0x80), or 0
- * when it is not one: overlong forms, surrogates and values past U+10FFFF
- * included. */
-static size_t
-utf8_sequence(const unsigned char *p)
-{
-    uint32_t cp;
-    size_t n, i;
-
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
-        n = 2;
-        cp = p[0] & 0x1f;
-    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        n = 3;
-        cp = p[0] & 0x0f;
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        n = 4;
-        cp = p[0] & 0x07;
-    } else {
-        return 0;
-    }
-    for (i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (p[i] & 0x3f);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
-
 /*
  * Help text escapes backslash and newline; label values also escape the
  * double quote. The format requires UTF-8 and Prometheus rejects the whole
@@ -751,7 +719,7 @@ put_escaped(struct out *o, const char *text, bool label_value)
         } else if (*p == '"' && label_value) {
             rep = "\\\"";
         } else if (*p >= 0x80) {
-            n = utf8_sequence(p);
+            n = ts_utf8_sequence(p, strnlen((const char *)p, TS_UTF8_MAX));
             if (n > 0) {
                 p += n;
                 continue;

@@ -45,7 +45,10 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <utlist.h>
+
 #include "sse.h"
+#include "util.h"
 
 #define STREAM_BLOCK_BYTES 1024
 
@@ -70,7 +73,7 @@ struct stream {
     bool suspended;               /* task lock: the connection is suspended by us */
     bool cut;                     /* task lock: closed as a slow consumer, counted */
     int64_t last_write_ns;        /* task lock */
-    struct stream *prev, *next;   /* the server's list; streams_mu */
+    struct stream *prev, *next;   /* utlist: the server's list; streams_mu */
     int fd;                       /* the connection's socket */
 
     struct ts_sse *sse;
@@ -236,9 +239,11 @@ void
 ts_sse_heartbeat(struct ts_sse *sse)
 {
     int64_t now = ts_clock_now_ns(&sse->cfg.clock);
+    struct stream *s;
 
     pthread_mutex_lock(&sse->streams_mu);
-    for (struct stream *s = sse->streams; s != NULL; s = s->next) {
+    DL_FOREACH(sse->streams, s)
+    {
         ts_task_lock(s->task);
         if (stalled_locked(s, now)) {
             count_slow(s);
@@ -261,7 +266,7 @@ ts_sse_close_all(struct ts_sse *sse)
 static void
 wake(struct ts_task_waiter *w)
 {
-    struct stream *s = (struct stream *)((char *)w - offsetof(struct stream, waiter));
+    struct stream *s = ts_container_of(w, struct stream, waiter);
 
     if (s->suspended) {
         s->suspended = false;
@@ -405,12 +410,7 @@ free_stream(void *cls)
     struct ts_sse *sse = s->sse;
 
     pthread_mutex_lock(&sse->streams_mu);
-    if (s->prev != NULL)
-        s->prev->next = s->next;
-    else
-        sse->streams = s->next;
-    if (s->next != NULL)
-        s->next->prev = s->prev;
+    DL_DELETE(sse->streams, s);
     pthread_mutex_unlock(&sse->streams_mu);
 
     ts_task_lock(s->task);
@@ -475,8 +475,8 @@ ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *tas
      * for HTTP/1.0 clients (chunked replies are written straight into the
      * connection's own buffer): kept small, it is memory every held stream
      * would otherwise carry. */
-    *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK_BYTES, read_stream,
-                                              s, free_stream);
+    *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK_BYTES, read_stream, s,
+                                              free_stream);
     if (*resp == NULL) {
         ts_event_unref(s->gap);
         free(s);
@@ -486,10 +486,7 @@ ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *tas
     info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     s->fd = info != NULL ? info->connect_fd : -1;
     pthread_mutex_lock(&sse->streams_mu);
-    s->next = sse->streams;
-    if (s->next != NULL)
-        s->next->prev = s;
-    sse->streams = s;
+    DL_PREPEND(sse->streams, s);
     pthread_mutex_unlock(&sse->streams_mu);
     atomic_fetch_add(&sse->active, 1);
     MHD_add_response_header(*resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");

@@ -41,6 +41,7 @@
  * returns the error instead. A failed add leaves the element's hh.tbl NULL. */
 #define HASH_NONFATAL_OOM 1
 #include <uthash.h>
+#include <utlist.h>
 
 #include "task.h"
 #include "util.h"
@@ -94,15 +95,15 @@ struct ts_task {
     int cancel_fd;                         /* eventfd, -1 until ts_task_cancel_fd() asks */
     struct ts_event_log log;
     uint64_t end_id;                /* 0 until done (or if appending "end" ran out of memory) */
-    struct ts_task_waiter *waiters; /* intrusive list of readers */
+    struct ts_task_waiter *waiters; /* utlist of readers */
     bool returned;                  /* run() has returned */
     bool orphaned;                  /* the service is gone: its worker must not reach it */
 
     /* Guarded by svc->mu: */
     bool abandoned; /* ended by finish() while run() went on */
     UT_hash_handle hh;
-    struct ts_task *newer, *older; /* the newest-first list of every known task */
-    struct ts_task *qprev, *qnext; /* the run queue, while queued */
+    struct ts_task *newer, *older; /* utlist: the newest-first list of every known task */
+    struct ts_task *qprev, *qnext; /* utlist: the run queue, while queued */
     struct ts_task *expiry_next;   /* the expiry FIFO, once done */
     int64_t expires_ns;            /* monotonic, once done */
 };
@@ -133,9 +134,9 @@ struct ts_task_service {
     /* Guarded by mu: */
     struct kind_entry **kinds;
     size_t nkinds;
-    struct ts_task *by_id; /* uthash; holds the registry's reference */
-    struct ts_task *newest;
-    struct ts_task *queue_head, *queue_tail;
+    struct ts_task *by_id;      /* uthash; holds the registry's reference */
+    struct ts_task *newest;     /* utlist by newer/older */
+    struct ts_task *queue_head; /* utlist by qprev/qnext, oldest first */
     struct ts_task *expiry_head, *expiry_tail;
     unsigned nqueued, nrunning; /* nrunning leaves out abandoned tasks */
     bool started, stopping, interrupted;
@@ -316,11 +317,7 @@ ts_task_wait_locked(struct ts_task *t, struct ts_task_waiter *w)
 {
     if (w->linked)
         return;
-    w->prev = NULL;
-    w->next = t->waiters;
-    if (t->waiters != NULL)
-        t->waiters->prev = w;
-    t->waiters = w;
+    DL_PREPEND(t->waiters, w);
     w->linked = true;
 }
 
@@ -329,14 +326,7 @@ ts_task_unwait_locked(struct ts_task *t, struct ts_task_waiter *w)
 {
     if (!w->linked)
         return;
-    if (w->prev != NULL)
-        w->prev->next = w->next;
-    else
-        t->waiters = w->next;
-    if (w->next != NULL)
-        w->next->prev = w->prev;
-    w->prev = NULL;
-    w->next = NULL;
+    DL_DELETE(t->waiters, w);
     w->linked = false;
 }
 
@@ -487,28 +477,13 @@ log_finished(struct ts_task_service *svc, struct ts_task *t)
 static void
 queue_push_locked(struct ts_task_service *svc, struct ts_task *t)
 {
-    t->qnext = NULL;
-    t->qprev = svc->queue_tail;
-    if (svc->queue_tail != NULL)
-        svc->queue_tail->qnext = t;
-    else
-        svc->queue_head = t;
-    svc->queue_tail = t;
+    DL_APPEND2(svc->queue_head, t, qprev, qnext);
 }
 
 static void
 queue_remove_locked(struct ts_task_service *svc, struct ts_task *t)
 {
-    if (t->qprev != NULL)
-        t->qprev->qnext = t->qnext;
-    else
-        svc->queue_head = t->qnext;
-    if (t->qnext != NULL)
-        t->qnext->qprev = t->qprev;
-    else
-        svc->queue_tail = t->qprev;
-    t->qprev = NULL;
-    t->qnext = NULL;
+    DL_DELETE2(svc->queue_head, t, qprev, qnext);
 }
 
 /* Into the hash (with a fresh id on the off chance of a collision, which
@@ -530,11 +505,7 @@ registry_add_locked(struct ts_task_service *svc, struct ts_task *t)
     HASH_ADD_STR(svc->by_id, id, t);
     if (t->hh.tbl == NULL)
         return -ENOMEM;
-    t->newer = NULL;
-    t->older = svc->newest;
-    if (svc->newest != NULL)
-        svc->newest->newer = t;
-    svc->newest = t;
+    DL_PREPEND2(svc->newest, t, newer, older);
     return 0;
 }
 
@@ -542,12 +513,7 @@ static void
 registry_remove_locked(struct ts_task_service *svc, struct ts_task *t)
 {
     HASH_DEL(svc->by_id, t);
-    if (t->newer != NULL)
-        t->newer->older = t->older;
-    else
-        svc->newest = t->older;
-    if (t->older != NULL)
-        t->older->newer = t->newer;
+    DL_DELETE2(svc->newest, t, newer, older);
 }
 
 static const struct kind_entry *
@@ -1281,7 +1247,8 @@ ts_task_service_wake_all(struct ts_task_service *svc)
     struct ts_task *t;
 
     pthread_mutex_lock(&svc->mu);
-    for (t = svc->newest; t != NULL; t = t->older) {
+    DL_FOREACH2(svc->newest, t, older)
+    {
         pthread_mutex_lock(&t->mu);
         wake_waiters_locked(t);
         pthread_mutex_unlock(&t->mu);

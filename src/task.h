@@ -110,9 +110,9 @@ int ts_task_parse_states(const char *text, unsigned *out);
  * call. wake() must not block nor take the task's lock.
  */
 struct ts_task_waiter {
-    struct ts_task_waiter *prev, *next; /* guarded by the task's lock */
+    struct ts_task_waiter *prev, *next; /* utlist, valid only while linked; task lock */
     void (*wake)(struct ts_task_waiter *w);
-    bool linked;
+    bool linked; /* in the task's list; task lock */
 };
 
 void ts_task_lock(struct ts_task *t);

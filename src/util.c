@@ -1,8 +1,8 @@
 /*
  * Small helpers shared by several modules: constant-time comparison of
  * secrets, the number parsers behind the configuration (durations, sizes,
- * bounded integers), random task ids, a byte buffer with a fixed cap, and
- * ts_strerror().
+ * bounded integers), random task ids, the UTF-8 validator, a byte buffer
+ * with a fixed cap, and ts_strerror().
  *
  * Every parser here is strict on purpose: digits only, no sign, no spaces, no
  * strtoul() leniency (which accepts "-1" as a huge number and skips leading
@@ -186,6 +186,42 @@ ts_is_task_id(const char *s)
             return false;
     }
     return s[32] == '\0';
+}
+
+size_t
+ts_utf8_sequence(const unsigned char *s, size_t left)
+{
+    uint32_t cp;
+    size_t n;
+
+    if (left == 0)
+        return 0;
+    if (s[0] < 0x80)
+        return 1;
+    /* C0 and C1 could only start overlong forms of ASCII. */
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+        n = 2;
+        cp = s[0] & 0x1f;
+    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+        n = 3;
+        cp = s[0] & 0x0f;
+    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+        n = 4;
+        cp = s[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (n > left)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
 }
 
 void

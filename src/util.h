@@ -8,6 +8,13 @@
 
 #define TS_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* The `type` whose `member` `ptr` points to. A `ptr` of another type than
+ * the member's draws a warning (an error with -Werror): it is compared, in
+ * sizeof and so never evaluated, with a pointer to the member. */
+#define ts_container_of(ptr, type, member)                                                         \
+    ((type *)(void *)(((char *)(ptr)) - offsetof(type, member) -                                   \
+                      0 * sizeof((ptr) == &((type *)0)->member)))
+
 /* Compare two secrets in time that depends only on the lengths, never on
  * where they differ. */
 bool ts_ct_equal(const void *a, size_t alen, const void *b, size_t blen);
@@ -32,6 +39,16 @@ int ts_random_id(char out[33]);
 
 /* True for exactly 32 lowercase hex digits. */
 bool ts_is_task_id(const char *s);
+
+/* The longest UTF-8 sequence, in bytes. */
+#define TS_UTF8_MAX 4
+
+/* Length of the well-formed UTF-8 sequence at `s` (RFC 3629: no overlong
+ * forms, no surrogates, nothing past U+10FFFF), 1 for any byte below 0x80
+ * (NUL included), or 0 when there is none, also when it would need more than
+ * the `left` bytes there are. Reads nothing past s[left - 1]. A NUL-terminated
+ * string passes strnlen(s, TS_UTF8_MAX). */
+size_t ts_utf8_sequence(const unsigned char *s, size_t left);
 
 /*
  * A byte buffer that grows up to a cap fixed at init (curl's dynbuf).

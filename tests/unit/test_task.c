@@ -34,6 +34,9 @@
 
 /* ---- the test kind ---- */
 
+/* run() executes on the service's worker threads, where a failing cmocka
+ * assertion would longjmp across threads: it records what it saw here, and
+ * the test thread asserts on that once the task has ended. */
 struct env {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -41,6 +44,7 @@ struct env {
     int returned; /* run() calls that returned */
     bool open;    /* the gate of "gate" tasks */
     int late_rc;  /* what a "gate" task's emit returned after the gate opened */
+    int emit_rc;  /* the first failure of an "emit" task's emit, 0 while none */
     int names_rc[4];
 };
 
@@ -69,6 +73,26 @@ env_wait(struct env *env, const int *counter, int want)
     got = *counter;
     pthread_mutex_unlock(&env->mu);
     assert_true(got >= want);
+}
+
+static void
+env_emit_failed(struct env *env, int rc)
+{
+    pthread_mutex_lock(&env->mu);
+    if (env->emit_rc == 0)
+        env->emit_rc = rc;
+    pthread_mutex_unlock(&env->mu);
+}
+
+static int
+env_emit_rc(struct env *env)
+{
+    int rc;
+
+    pthread_mutex_lock(&env->mu);
+    rc = env->emit_rc;
+    pthread_mutex_unlock(&env->mu);
+    return rc;
 }
 
 static void
@@ -114,8 +138,13 @@ test_run(void *arg, struct ts_task_ctx *ctx, struct ts_task_result *res)
 
     env_bump(env, &env->started);
     if (strcmp(mode, "emit") == 0) {
-        for (json_int_t i = 0; i < n; i++)
-            assert_int_equal(ts_task_emit(ctx, "step", json_pack("{s:I}", "i", i)), 0);
+        for (json_int_t i = 0; i < n; i++) {
+            rc = ts_task_emit(ctx, "step", json_pack("{s:I}", "i", i));
+            if (rc != 0) {
+                env_emit_failed(env, rc);
+                break;
+            }
+        }
     } else if (strcmp(mode, "fail") == 0) {
         res->status = TS_TASK_FAILED;
         res->reason = "boom";
@@ -240,15 +269,20 @@ fixture_start(unsigned workers, unsigned max_queued)
     return fx;
 }
 
+/* Also checks, once the service is freed, that no "emit" task failed to emit. */
 static void
 fixture_free(struct fixture *fx)
 {
+    int emit_rc;
+
     ts_task_service_free(fx->svc);
+    emit_rc = env_emit_rc(&fx->env);
     ts_metrics_free(fx->metrics);
     ts_fake_clock_dispose(&fx->fake);
     pthread_cond_destroy(&fx->env.cv);
     pthread_mutex_destroy(&fx->env.mu);
     free(fx);
+    assert_int_equal(emit_rc, 0);
 }
 
 static int
@@ -286,7 +320,7 @@ deadline_in_ms(int64_t ms)
 /* ---- reading tasks ---- */
 
 struct test_waiter {
-    struct ts_task_waiter w; /* first: the wake callback casts back */
+    struct ts_task_waiter w;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int wakes;
@@ -295,7 +329,7 @@ struct test_waiter {
 static void
 on_wake(struct ts_task_waiter *w)
 {
-    struct test_waiter *tw = (struct test_waiter *)w;
+    struct test_waiter *tw = ts_container_of(w, struct test_waiter, w);
 
     pthread_mutex_lock(&tw->mu);
     tw->wakes++;
@@ -745,6 +779,7 @@ test_end_event(void **state)
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         t = submit(fx, rows[i].body);
         wait_ended(t);
+        assert_int_equal(env_emit_rc(&fx->env), 0);
         assert_int_equal(last_id(t), rows[i].events);
         /* Gapless from 1, and the steps in the order emitted. */
         for (uint64_t id = 1; id < rows[i].events; id++) {

@@ -1,4 +1,5 @@
-/* Unit tests for src/util.c: parsers, constant-time comparison, ids, ts_buf. */
+/* Unit tests for src/util.c: parsers, constant-time comparison, ids, the
+ * UTF-8 validator, ts_buf. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -327,6 +328,98 @@ test_buf_zero_cap(void **state)
     ts_buf_dispose(&b);
 }
 
+/* Each row is `left` bytes; a sequence that needs more than that is 0. */
+static void
+test_utf8_sequence(void **state)
+{
+    static const struct {
+        const char *in;
+        size_t left;
+        size_t want;
+    } rows[] = {
+        /* Every boundary between lengths, and the end of Unicode. */
+        {"\x00", 1, 1},
+        {"\x7f", 1, 1},             /* U+007F */
+        {"\xc2\x80", 2, 2},         /* U+0080 */
+        {"\xdf\xbf", 2, 2},         /* U+07FF */
+        {"\xe0\xa0\x80", 3, 3},     /* U+0800 */
+        {"\xef\xbf\xbf", 3, 3},     /* U+FFFF */
+        {"\xf0\x90\x80\x80", 4, 4}, /* U+10000 */
+        {"\xf4\x8f\xbf\xbf", 4, 4}, /* U+10FFFF */
+        {"\xf4\x90\x80\x80", 4, 0}, /* U+110000 */
+        {"\xe2\x82\xacx", 4, 3},    /* more room than the sequence needs */
+        /* Overlong forms. */
+        {"\xc0\x80", 2, 0},
+        {"\xc1\xbf", 2, 0},
+        {"\xe0\x80\x80", 3, 0},
+        {"\xe0\x9f\xbf", 3, 0},
+        {"\xf0\x80\x80\x80", 4, 0},
+        {"\xf0\x8f\xbf\xbf", 4, 0},
+        /* Surrogates, and their neighbours. */
+        {"\xed\x9f\xbf", 3, 3}, /* U+D7FF */
+        {"\xed\xa0\x80", 3, 0}, /* U+D800 */
+        {"\xed\xbf\xbf", 3, 0}, /* U+DFFF */
+        {"\xee\x80\x80", 3, 3}, /* U+E000 */
+        /* Truncated: `left` too small, or a byte that does not continue. */
+        {"x", 0, 0},
+        {"\xc2\x80", 1, 0},
+        {"\xe2\x82\xac", 1, 0},
+        {"\xe2\x82\xac", 2, 0},
+        {"\xf0\x90\x80\x80", 3, 0},
+        {"\xe2\x82x", 3, 0},
+        {"\xe2\x82\x00", 3, 0},
+        {"\xf0\x90\x80x", 4, 0},
+        {"\xc2\xc2\x80", 3, 0},
+        /* Stray continuation bytes. */
+        {"\x80", 1, 0},
+        {"\xbf", 1, 0},
+        {"\x80\x80\x80\x80", 4, 0},
+        /* Lead bytes no sequence may start with. */
+        {"\xf5\x80\x80\x80", 4, 0},
+        {"\xf7\xbf\xbf\xbf", 4, 0},
+        {"\xf8\x88\x80\x80", 4, 0},
+        {"\xfc\x84\x80\x80", 4, 0},
+        {"\xfe", 1, 0},
+        {"\xff", 1, 0},
+    };
+    unsigned char *copy;
+    size_t i, got;
+
+    (void)state;
+    for (i = 0; i < TS_ARRAY_SIZE(rows); i++) {
+        /* Exactly `left` bytes on the heap: ASan sees a read past them. */
+        copy = malloc(rows[i].left);
+        if (rows[i].left > 0) {
+            assert_non_null(copy);
+            memcpy(copy, rows[i].in, rows[i].left);
+        }
+        got = ts_utf8_sequence(copy, rows[i].left);
+        free(copy);
+        if (got != rows[i].want)
+            fail_msg("row %zu: ts_utf8_sequence gave %zu, want %zu", i, got, rows[i].want);
+    }
+}
+
+/* The way NUL-terminated callers bound it: the terminator ends a sequence. */
+static void
+test_utf8_sequence_string(void **state)
+{
+    static const struct {
+        const char *in;
+        size_t want;
+    } rows[] = {
+        {"x", 1},        {"\xc3\xa9x", 2},    {"\xe2\x82\xac", 3},
+        {"\xe2\x82", 0}, {"\xf0\x9f\x98", 0}, {"\xc2", 0},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < TS_ARRAY_SIZE(rows); i++) {
+        const unsigned char *s = (const unsigned char *)rows[i].in;
+
+        assert_int_equal(ts_utf8_sequence(s, strnlen(rows[i].in, TS_UTF8_MAX)), rows[i].want);
+    }
+}
+
 static void
 test_strerror(void **state)
 {
@@ -344,11 +437,18 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ct_equal),     cmocka_unit_test(test_parse_duration),
-        cmocka_unit_test(test_parse_size),   cmocka_unit_test(test_parse_uint),
-        cmocka_unit_test(test_random_id),    cmocka_unit_test(test_is_task_id),
-        cmocka_unit_test(test_buf_cap),      cmocka_unit_test(test_buf_grows),
-        cmocka_unit_test(test_buf_zero_cap), cmocka_unit_test(test_strerror),
+        cmocka_unit_test(test_ct_equal),
+        cmocka_unit_test(test_parse_duration),
+        cmocka_unit_test(test_parse_size),
+        cmocka_unit_test(test_parse_uint),
+        cmocka_unit_test(test_random_id),
+        cmocka_unit_test(test_is_task_id),
+        cmocka_unit_test(test_buf_cap),
+        cmocka_unit_test(test_buf_grows),
+        cmocka_unit_test(test_buf_zero_cap),
+        cmocka_unit_test(test_utf8_sequence),
+        cmocka_unit_test(test_utf8_sequence_string),
+        cmocka_unit_test(test_strerror),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
