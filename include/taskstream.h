@@ -186,13 +186,13 @@ enum ts_drain_reason {
 
 struct ts_drain_status {
     enum ts_drain_state state;
-    enum ts_drain_reason reason;           /* why draining began; kept once set */
-    char signal_name[TS_SIGNAL_NAME_LEN];  /* "SIGTERM" when reason is signal, else "" */
-    bool shutdown_requested;               /* a signal asked the process to stop */
-    char stop_signal[TS_SIGNAL_NAME_LEN];  /* the signal that asked, also after a manual drain */
-    bool forced;                           /* a second signal: skip the remaining waits */
-    char forced_by[TS_SIGNAL_NAME_LEN];    /* the signal that forced; "" for ts_coordinator_force */
-    int64_t drain_started_ns;    /* monotonic; 0 while serving */
+    enum ts_drain_reason reason;          /* why draining began; kept once set */
+    char signal_name[TS_SIGNAL_NAME_LEN]; /* "SIGTERM" when reason is signal, else "" */
+    bool shutdown_requested;              /* a signal asked the process to stop */
+    char stop_signal[TS_SIGNAL_NAME_LEN]; /* the signal that asked, also after a manual drain */
+    bool forced;                          /* a second signal: skip the remaining waits */
+    char forced_by[TS_SIGNAL_NAME_LEN];   /* the signal that forced; "" for ts_coordinator_force */
+    int64_t drain_started_ns;             /* monotonic; 0 while serving */
     int64_t drain_started_wall_ns;
     int64_t shutdown_requested_ns; /* monotonic; 0 until a signal asks to stop */
     int64_t stopping_ns;           /* monotonic; 0 until stopping */
@@ -313,10 +313,10 @@ struct ts_shutdown_report {
     char signal_name[TS_SIGNAL_NAME_LEN]; /* the signal that began the drain, "" if manual */
     char stop_signal[TS_SIGNAL_NAME_LEN]; /* the signal that asked to stop, "" if none */
     char forced_by[TS_SIGNAL_NAME_LEN];   /* the signal that forced the stop, "" if none */
-    double duration_s;       /* from drain start to stopped */
-    uint64_t forced;         /* tasks cancelled at the deadline */
-    uint64_t abandoned;      /* of those, tasks whose run() never returned */
-    uint64_t streams_closed; /* streams still open when the listener closed */
+    double duration_s;                    /* from drain start to stopped */
+    uint64_t forced;                      /* tasks cancelled at the deadline */
+    uint64_t abandoned;                   /* of those, tasks whose run() never returned */
+    uint64_t streams_closed;              /* streams still open when the listener closed */
 };
 
 /*

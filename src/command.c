@@ -148,7 +148,7 @@ struct command {
     unsigned max_concurrent;
     struct limit limits[TS_ARRAY_SIZE(rlimit_names)];
     size_t nlimits;
-    json_t *info;         /* what GET /v1/commands shows: no argv, no env */
+    json_t *info;        /* what GET /v1/commands shows: no argv, no env */
     struct slots *slots; /* shared with the same name in other generations */
 };
 
@@ -271,8 +271,7 @@ check_keys(struct loader *ld, const json_t *obj, const char *prefix, const char 
     const char *key;
     json_t *v;
 
-    json_object_foreach((json_t *)obj, key, v)
-    {
+    json_object_foreach((json_t *)obj, key, v) {
         bool known = false;
 
         for (size_t i = 0; i < nallowed && !known; i++)
@@ -549,8 +548,7 @@ load_params(struct loader *ld, struct command *cmd, const json_t *spec)
     cmd->params = calloc(json_object_size(spec) + 1, sizeof(*cmd->params));
     if (cmd->params == NULL)
         return -ENOMEM;
-    json_object_foreach((json_t *)spec, name, v)
-    {
+    json_object_foreach((json_t *)spec, name, v) {
         rc = load_param(ld, cmd, &cmd->params[cmd->nparams], name, v);
         /* Counted even on error: it may hold a compiled regex to free. */
         cmd->nparams++;
@@ -703,8 +701,7 @@ load_env(struct loader *ld, struct command *cmd, const json_t *spec)
             return -ENOMEM;
         cmd->nenv++;
     }
-    json_object_foreach((json_t *)set, name, v)
-    {
+    json_object_foreach((json_t *)set, name, v) {
         struct ts_buf b;
 
         snprintf(field, sizeof(field), "env.set.%.64s", name);
@@ -1006,8 +1003,7 @@ parse_list(struct command_list **out, const json_t *root, const char *path, char
         rc = -ENOMEM;
         goto out_free;
     }
-    json_object_foreach((json_t *)cmds, name, spec)
-    {
+    json_object_foreach((json_t *)cmds, name, spec) {
         struct command *cmd = &list->cmds[list->ncmds++];
 
         /* Counted before loading: a half-loaded command is disposed too. */
@@ -1190,8 +1186,7 @@ check_values(const struct command *cmd, const json_t *params, const char **value
     const char *key;
     json_t *v;
 
-    json_object_foreach((json_t *)params, key, v)
-    {
+    json_object_foreach((json_t *)params, key, v) {
         if (find_param(cmd, key, strlen(key)) >= 0)
             continue;
         list_params(cmd, allowed, sizeof(allowed));
@@ -1299,8 +1294,7 @@ prepare(const struct command_list *list, const json_t *body, struct ts_command_e
         snprintf(err, errlen, "the request must be a JSON object");
         return -EINVAL;
     }
-    json_object_foreach((json_t *)body, key, v)
-    {
+    json_object_foreach((json_t *)body, key, v) {
         bool known = false;
 
         for (size_t i = 0; i < TS_ARRAY_SIZE(body_keys) && !known; i++)
@@ -2179,8 +2173,8 @@ command_run(void *arg, struct ts_task_ctx *ctx, struct ts_task_result *res)
     if (rc != 0) {
         /* validate() accepted this very body, against the generation
          * current then: a reload since may have removed or changed it. */
-        ts_log(cmds->log, TS_LOG_WARN, "command task not started", TS_F_STR("task_id", ts_task_id(ctx)),
-               TS_F_STR("error", err), TS_F_END);
+        ts_log(cmds->log, TS_LOG_WARN, "command task not started",
+               TS_F_STR("task_id", ts_task_id(ctx)), TS_F_STR("error", err), TS_F_END);
         res->status = TS_TASK_FAILED;
         res->reason = rc == -ENOMEM   ? "out of memory"
                       : rc == -ENOENT ? "command no longer allowed"

@@ -86,8 +86,8 @@ struct ts_command_exec {
 /* Check the body and build `out`. Returns 0, -ENOENT for an unknown command,
  * -EINVAL for a bad body or parameter (the sentence in `err` names it), or
  * -ENOMEM. On error `out` holds nothing to dispose. Any thread. */
-int ts_command_prepare(struct ts_commands *cmds, const json_t *body,
-                       struct ts_command_exec *out, char *err, size_t errlen);
+int ts_command_prepare(struct ts_commands *cmds, const json_t *body, struct ts_command_exec *out,
+                       char *err, size_t errlen);
 
 void ts_command_exec_dispose(struct ts_command_exec *ex);
 

@@ -175,8 +175,7 @@ ts_http_enforce_deadlines(struct ts_http *h)
         return 0;
     cutoff = ts_clock_now_ns(&h->cfg.clock) - h->cfg.header_timeout_ns;
     pthread_mutex_lock(&h->conns_mu);
-    DL_FOREACH_SAFE(h->waiting, ci, next)
-    {
+    DL_FOREACH_SAFE(h->waiting, ci, next) {
         if (ci->since_ns > cutoff || ci->fd < 0)
             continue;
         /* MHD sees the shutdown as a closed peer and cleans up on its own

@@ -38,7 +38,7 @@ struct ts_route {
 };
 
 struct ts_http_config {
-    const char *name;   /* "public" or "admin" */
+    const char *name;    /* "public" or "admin" */
     const char *listen;  /* host:port */
     const char *setting; /* the setting it came from, for messages: "LISTEN" */
     const struct ts_route *routes;

@@ -581,8 +581,7 @@ out:
                TS_F_UINT("commands", srv->commands != NULL ? ts_commands_count(srv->commands) : 0),
                TS_F_END);
     else
-        ts_log(srv->log, TS_LOG_ERROR, "reload", TS_F_STR("result", result),
-               TS_F_STR("error", err),
+        ts_log(srv->log, TS_LOG_ERROR, "reload", TS_F_STR("result", result), TS_F_STR("error", err),
                TS_F_STR("effect", "nothing was changed: the previous configuration stays in force"),
                TS_F_END);
     return rc;

@@ -38,8 +38,8 @@ struct ts_server {
     struct ts_family *drain_requests; /* graceful_shutdown_requests_total{reason} */
     struct ts_series *drain_auth_failures;
     struct ts_series *reloads_ok, *reloads_failed; /* config_reloads_total{result} */
-    struct ts_series *shutdown_duration; /* task_graceful_shutdown_duration_seconds */
-    bool seen_draining;                  /* drain_sub callback state */
+    struct ts_series *shutdown_duration;           /* task_graceful_shutdown_duration_seconds */
+    bool seen_draining;                            /* drain_sub callback state */
     bool seen_shutdown;
 
     pthread_t housekeeper;

@@ -242,8 +242,7 @@ ts_sse_heartbeat(struct ts_sse *sse)
     struct stream *s;
 
     pthread_mutex_lock(&sse->streams_mu);
-    DL_FOREACH(sse->streams, s)
-    {
+    DL_FOREACH(sse->streams, s) {
         ts_task_lock(s->task);
         if (stalled_locked(s, now)) {
             count_slow(s);

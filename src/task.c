@@ -1036,8 +1036,7 @@ ts_task_service_free(struct ts_task_service *svc)
     pthread_mutex_unlock(&svc->mu);
     stop_threads(svc);
 
-    HASH_ITER(hh, svc->by_id, t, tmp)
-    {
+    HASH_ITER(hh, svc->by_id, t, tmp) {
         HASH_DEL(svc->by_id, t);
         ts_task_unref(t);
     }
@@ -1195,8 +1194,7 @@ state_bit(struct ts_task *t)
 int
 ts_task_parse_states(const char *text, unsigned *out)
 {
-    static const char *const names[] = {"queued",    "running",  "succeeded",
-                                        "failed",    "cancelled"};
+    static const char *const names[] = {"queued", "running", "succeeded", "failed", "cancelled"};
     unsigned mask = 0;
     const char *p = text;
 
@@ -1247,8 +1245,7 @@ ts_task_service_wake_all(struct ts_task_service *svc)
     struct ts_task *t;
 
     pthread_mutex_lock(&svc->mu);
-    DL_FOREACH2(svc->newest, t, older)
-    {
+    DL_FOREACH2(svc->newest, t, older) {
         pthread_mutex_lock(&t->mu);
         wake_waiters_locked(t);
         pthread_mutex_unlock(&t->mu);

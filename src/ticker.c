@@ -66,8 +66,7 @@ parse_params(const json_t *params, struct ticker_params *p, char *err, size_t er
         snprintf(err, errlen, "the parameters must be a JSON object");
         return -EINVAL;
     }
-    json_object_foreach((json_t *)params, key, value)
-    {
+    json_object_foreach((json_t *)params, key, value) {
         if (strcmp(key, "kind") == 0)
             continue;
         f = find_field(key);

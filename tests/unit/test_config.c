@@ -594,15 +594,20 @@ static void
 test_copy(void **state)
 {
     char path[128], drain_env[160], api_env[160];
-    char *envp[] = {"LISTEN=127.0.0.1:1", "ADMIN_LISTEN=[::1]:2", drain_env, api_env,
-                    "COMMANDS_FILE=/etc/taskstream/commands.json", NULL};
+    char *envp[] = {"LISTEN=127.0.0.1:1",
+                    "ADMIN_LISTEN=[::1]:2",
+                    drain_env,
+                    api_env,
+                    "COMMANDS_FILE=/etc/taskstream/commands.json",
+                    NULL};
     struct ts_config cfg, copy;
-    char *const *src_fields[] = {&cfg.listen, &cfg.admin_listen, &cfg.drain_auth_key,
-                                 &cfg.drain_auth_key_file, &cfg.api_auth_key,
-                                 &cfg.api_auth_key_file, &cfg.commands_file};
-    char *const *dst_fields[] = {&copy.listen, &copy.admin_listen, &copy.drain_auth_key,
-                                 &copy.drain_auth_key_file, &copy.api_auth_key,
-                                 &copy.api_auth_key_file, &copy.commands_file};
+    char *const *src_fields[] = {
+        &cfg.listen,       &cfg.admin_listen,      &cfg.drain_auth_key, &cfg.drain_auth_key_file,
+        &cfg.api_auth_key, &cfg.api_auth_key_file, &cfg.commands_file};
+    char *const *dst_fields[] = {&copy.listen,         &copy.admin_listen,
+                                 &copy.drain_auth_key, &copy.drain_auth_key_file,
+                                 &copy.api_auth_key,   &copy.api_auth_key_file,
+                                 &copy.commands_file};
     char saved[TS_ARRAY_SIZE(src_fields)][128];
     char err[512];
     size_t i;
