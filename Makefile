@@ -18,11 +18,13 @@ build: deps
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
-# The demo allow-list of command tasks; `make run COMMANDS_FILE=` runs without.
+# The demo allow-list of command tasks and the demo ticker (both off by
+# default in taskstreamd); `make run COMMANDS_FILE=` runs without commands.
 COMMANDS_FILE ?= examples/commands.json
+KINDS ?= ticker,command
 
 run: build
-	COMMANDS_FILE="$(COMMANDS_FILE)" $(BUILD)/taskstreamd $(RUN_ARGS)
+	KINDS="$(KINDS)" COMMANDS_FILE="$(COMMANDS_FILE)" $(BUILD)/taskstreamd $(RUN_ARGS)
 
 docs: build
 	$(BUILD)/taskstreamd --help-markdown > docs/configuration.md

@@ -253,6 +253,7 @@ class Taskstreamd(Server):
             "ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "warn",
+            "KINDS": "ticker",
             "HTTP_THREADS": str(cfg.http_threads),
             "MAX_CONNECTIONS": str(cfg.max_streams + 500),
             "GRACEFUL_SHUTDOWN_TIMEOUT": "5s",

@@ -48,6 +48,9 @@ TS_API const char *ts_strerror(int err);
 /* ------------------------------------------------------------------------ */
 
 enum ts_log_format { TS_LOG_FORMAT_JSON, TS_LOG_FORMAT_TEXT };
+
+/* Built-in task kinds (ts_config.kinds). */
+enum { TS_KIND_TICKER = 1u << 0, TS_KIND_COMMAND = 1u << 1 };
 enum ts_log_level { TS_LOG_DEBUG, TS_LOG_INFO, TS_LOG_WARN, TS_LOG_ERROR };
 
 /*
@@ -73,6 +76,9 @@ struct ts_config {
     unsigned workers;          /* worker threads running tasks */
     unsigned max_queued_tasks; /* queued (not yet running) tasks; more get 429 */
     int64_t task_retention_ms; /* finished tasks are forgotten after this */
+
+    size_t retained_bytes; /* event bytes of all tasks; the oldest finished go first */
+    unsigned kinds;        /* TS_KIND_* built-in kinds ts_server_new() registers */
 
     unsigned event_log_events; /* per-task event log: events kept */
     size_t event_log_bytes;    /* per-task event log: encoded bytes kept */
@@ -322,8 +328,8 @@ struct ts_shutdown_report {
 /*
  * Create a server from `cfg` (copied), reacting to `coord` (borrowed, must
  * outlive the server) and logging to `log` (borrowed). Nothing listens yet.
- * The built-in kinds ("ticker", and "command" when cfg->commands_file is set)
- * are registered here.
+ * The built-in kinds cfg->kinds names ("ticker"; "command" when
+ * cfg->commands_file is set too) are registered here.
  */
 TS_API int ts_server_new(struct ts_server **out, const struct ts_config *cfg,
                          struct ts_coordinator *coord, struct ts_log *log);

@@ -98,6 +98,9 @@ post_task(void *app, struct ts_http_request *req, const char *id)
     case -EAGAIN:
         return reply_with_retry(req, MHD_HTTP_TOO_MANY_REQUESTS, RETRY_AFTER_QUEUE_FULL,
                                 "queue_full", err);
+    case -ENOSPC:
+        return reply_with_retry(req, MHD_HTTP_SERVICE_UNAVAILABLE, RETRY_AFTER_QUEUE_FULL,
+                                "retained_bytes", err);
     case -ENOENT:
         return ts_http_reply_error(req, MHD_HTTP_NOT_FOUND, "unknown_kind", "%s", err);
     case -EINVAL:

@@ -53,6 +53,7 @@ enum setting_type {
     T_UINT,        /* a count (or milliseconds, see unit) in [min, max] */
     T_SIZE,        /* bytes in a size_t; k, M, G suffixes */
     T_ENUM,        /* one of choices, stored as its value */
+    T_SET,         /* a comma-separated subset of choices, stored as a bitmask */
     T_SECRET,      /* a key; "" is none (NULL); never echoed */
     T_SECRET_FILE, /* a file name, kept; the file holds the T_SECRET at `secret` */
     T_PATH,        /* a file name; "" is none (NULL) */
@@ -71,7 +72,7 @@ struct setting {
     const char *def;              /* the default as an operator would write it; "" is none */
     const char *unit;             /* what a T_UINT counts, for the docs; NULL for other types */
     uint64_t min, max;            /* T_UINT, T_SIZE: the value; T_DURATION: milliseconds */
-    const struct choice *choices; /* T_ENUM: ends with {NULL, 0} */
+    const struct choice *choices; /* T_ENUM, T_SET: ends with {NULL, 0} */
     size_t offset;                /* of the field in struct ts_config */
     size_t size;                  /* of the field */
     size_t secret;                /* T_SECRET_FILE: offset of the key it fills */
@@ -91,6 +92,12 @@ static const struct choice log_levels[] = {
     {"info", TS_LOG_INFO},
     {"warn", TS_LOG_WARN},
     {"error", TS_LOG_ERROR},
+    {NULL, 0},
+};
+
+static const struct choice builtin_kinds[] = {
+    {"ticker", TS_KIND_TICKER},
+    {"command", TS_KIND_COMMAND},
     {NULL, 0},
 };
 
@@ -239,6 +246,33 @@ static const struct setting settings[] = {
         .max = DURATION_MAX_MS,
         FIELD(task_retention_ms),
         .help = "How long a finished task, its status and its events stay available.",
+    },
+    {
+        .name = "retained_bytes",
+        .env = "RETAINED_BYTES",
+        .flag = "--retained-bytes",
+        .type = T_SIZE,
+        .def = "256M",
+        .min = MIB,
+        .max = 1024 * GIB,
+        FIELD(retained_bytes),
+        .help = "Encoded event bytes held by all tasks together. Past it the oldest finished "
+                "tasks are forgotten first (checked as tasks end and are submitted, so running "
+                "tasks may pass it by up to WORKERS x EVENT_LOG_BYTES); when running tasks alone "
+                "hold it, POST /v1/tasks answers 503 with Retry-After.",
+    },
+    {
+        .name = "kinds",
+        .env = "KINDS",
+        .flag = "--kinds",
+        .type = T_SET,
+        .def = "command",
+        .choices = builtin_kinds,
+        FIELD(kinds),
+        .help = "The built-in task kinds clients may submit, comma-separated: ticker (a demo "
+                "that emits ticks; `make run` turns it on) and command (the COMMANDS_FILE "
+                "programs). Empty: none; kinds an embedding program registers are not "
+                "affected.",
     },
     {
         .name = "event_log_events",
@@ -552,8 +586,14 @@ describe_allowed(const struct setting *s, char *out, size_t outlen)
         snprintf(out, outlen, "%s..%s bytes", lo, hi);
         break;
     case T_ENUM:
+    case T_SET:
+        if (s->type == T_SET)
+            n = (size_t)snprintf(out, outlen, "a comma-separated list of ");
         for (c = s->choices; c->name != NULL && n < outlen; c++) {
-            const char *sep = c == s->choices ? "" : c[1].name == NULL ? " or " : ", ";
+            const char *sep = c == s->choices ? "" : c[1].name == NULL ? " and " : ", ";
+
+            if (s->type == T_ENUM && c != s->choices && c[1].name == NULL)
+                sep = " or ";
             int w = snprintf(out + n, outlen - n, "%s%s", sep, c->name);
 
             if (w < 0)
@@ -766,6 +806,26 @@ convert(struct ts_config *cfg, const struct setting *s, const char *value, char 
             }
         }
         return fail(err, errlen, s, "%s is not allowed; use %s", shown, allowed);
+    case T_SET: {
+        const char *p = value;
+        uint64_t mask = 0;
+
+        while (*p != '\0') {
+            size_t len = strcspn(p, ",");
+
+            for (c = s->choices; c->name != NULL; c++)
+                if (strlen(c->name) == len && strncasecmp(p, c->name, len) == 0)
+                    break;
+            if (c->name == NULL)
+                return fail(err, errlen, s, "%s is not allowed; use %s", shown, allowed);
+            mask |= (uint64_t)c->value;
+            p += len;
+            if (*p == ',' && *++p == '\0')
+                return fail(err, errlen, s, "%s ends with a comma; use %s", shown, allowed);
+        }
+        store_number(cfg, s, mask);
+        return 0;
+    }
     case T_SECRET:
         if (*value == '\0')
             return set_string(cfg, s, NULL, 0);
@@ -871,6 +931,10 @@ table_is_consistent(void)
             break;
         case T_ENUM:
             if (s->size != sizeof(int) || s->choices == NULL)
+                return false;
+            break;
+        case T_SET:
+            if (s->size != sizeof(uint32_t) || s->choices == NULL)
                 return false;
             break;
         case T_SECRET_FILE:
@@ -1080,6 +1144,17 @@ check_budget(const struct ts_config *cfg, char *err, size_t errlen)
                 tgp, gst, grace, delay, margin, need_s, need_s);
 }
 
+/* A COMMANDS_FILE nobody could use is a mistake worth stopping for. */
+static int
+check_kinds(const struct ts_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->commands_file == NULL || (cfg->kinds & TS_KIND_COMMAND) != 0)
+        return 0;
+    return fail(err, errlen, find_env("KINDS", 5),
+                "leaves out command, but COMMANDS_FILE is set; add command to KINDS or unset "
+                "COMMANDS_FILE");
+}
+
 int
 ts_config_parse(struct ts_config *cfg, char *const envp[], int argc, char *const argv[], char *err,
                 size_t errlen)
@@ -1109,6 +1184,8 @@ ts_config_parse(struct ts_config *cfg, char *const envp[], int argc, char *const
             goto out_dispose_next;
     }
     rc = check_budget(&next, err, errlen);
+    if (rc == 0)
+        rc = check_kinds(&next, err, errlen);
     if (rc != 0)
         goto out_dispose_next;
     next.env = envp;
@@ -1164,6 +1241,7 @@ metavar(const struct setting *s, char *out, size_t outlen)
         [T_UINT] = "N",
         [T_SIZE] = "SIZE",
         [T_ENUM] = "",
+        [T_SET] = "",
         [T_SECRET] = "KEY",
         [T_SECRET_FILE] = "PATH",
         [T_PATH] = "PATH",
@@ -1172,10 +1250,14 @@ metavar(const struct setting *s, char *out, size_t outlen)
     size_t n = 0;
 
     snprintf(out, outlen, "%s", names[s->type]);
-    if (s->type != T_ENUM)
+    if (s->type != T_ENUM && s->type != T_SET)
         return;
     for (c = s->choices; c->name != NULL && n < outlen; c++) {
-        int w = snprintf(out + n, outlen - n, "%s%s", c == s->choices ? "" : "|", c->name);
+        int w = snprintf(out + n, outlen - n, "%s%s",
+                         c == s->choices    ? ""
+                         : s->type == T_SET ? ","
+                                            : "|",
+                         c->name);
 
         if (w < 0)
             break;

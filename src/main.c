@@ -328,9 +328,12 @@ main(int argc, char **argv)
     return 0;
 
 out_fail:
+    /* With status 2 the line above already said which setting or file and
+     * why: an errno's text ("Invalid argument") would only blur it. */
     ts_log(log, TS_LOG_ERROR,
            status == 2 ? "start-up failed: invalid configuration" : "start-up failed",
-           TS_F_STR("error", ts_strerror(rc)), TS_F_END);
+           TS_F_STR("error", status == 2 ? NULL : ts_strerror(rc)), TS_F_INT("exit_status", status),
+           TS_F_END);
     ts_server_free(srv);
     ts_coordinator_free(coord);
     ts_log_free(log);

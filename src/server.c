@@ -164,14 +164,18 @@ ts_server_new(struct ts_server **out, const struct ts_config *cfg, struct ts_coo
         .retention_ns = cfg->task_retention_ms * TS_NS_PER_MS,
         .log_events = cfg->event_log_events,
         .log_bytes = cfg->event_log_bytes,
+        .retained_bytes = cfg->retained_bytes,
     };
     err = ts_task_service_new(&srv->tasks, &tcfg, srv->drain, srv->clock, srv->metrics, log);
     if (err != 0)
         goto out_metrics;
-    err = ts_task_service_register(srv->tasks, ts_ticker_kind());
-    if (err != 0)
-        goto out_tasks;
-    if (cfg->commands_file != NULL && cfg->commands_file[0] != '\0') {
+    if (cfg->kinds & TS_KIND_TICKER) {
+        err = ts_task_service_register(srv->tasks, ts_ticker_kind());
+        if (err != 0)
+            goto out_tasks;
+    }
+    if ((cfg->kinds & TS_KIND_COMMAND) && cfg->commands_file != NULL &&
+        cfg->commands_file[0] != '\0') {
         char cerr[512];
 
         err = ts_commands_load(&srv->commands, cfg->commands_file, cfg->env, cfg->kill_grace_ms,

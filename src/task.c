@@ -22,6 +22,15 @@
  * cleanup thread sleeps until exactly that moment, or until a task finishes
  * into an empty FIFO, or until shutdown. Nothing polls.
  *
+ * Memory: `log_bytes` counts the encoded bytes of every registered task's
+ * log (each task adds what its appends changed); `finished_bytes` the part
+ * held by finished tasks. When log_bytes passes retained_bytes, the cleanup
+ * thread forgets finished tasks from the head of the expiry FIFO (the
+ * oldest finished) until it fits again; it is woken when a task ends or is
+ * submitted over the cap, not on every event, so running tasks can pass the
+ * cap by at most what their own logs hold. A submission is refused only
+ * when the running tasks alone hold the cap.
+ *
  * A C run() cannot be stopped from outside. When one ignores cancellation
  * past the shutdown deadline, ts_task_service_finish() ends its task for the
  * readers ("abandoned") and ts_task_service_free() leaves its worker thread
@@ -94,6 +103,8 @@ struct ts_task {
     char cancel_reason[CANCEL_REASON_MAX]; /* once `cancel` is set; written under svc->mu too */
     int cancel_fd;                         /* eventfd, -1 until ts_task_cancel_fd() asks */
     struct ts_event_log log;
+    size_t counted;                 /* of log.bytes, what log_bytes includes */
+    atomic_size_t *log_bytes;       /* the service's; appends stop before it goes */
     uint64_t end_id;                /* 0 until done (or if appending "end" ran out of memory) */
     struct ts_task_waiter *waiters; /* utlist of readers */
     bool returned;                  /* run() has returned */
@@ -125,6 +136,8 @@ struct ts_task_service {
     struct ts_series *forced;    /* task_forced_cancellations_total */
     struct ts_family *finished;  /* tasks_finished_total{kind,status} */
     struct ts_family *submitted; /* tasks_submitted_total{kind} */
+    struct ts_series *evicted;   /* tasks_evicted_total */
+    atomic_size_t log_bytes;     /* every registered task's log; see the top */
 
     pthread_mutex_t mu;
     pthread_cond_t work_cv;    /* a task was queued, or stopping */
@@ -139,6 +152,7 @@ struct ts_task_service {
     struct ts_task *queue_head; /* utlist by qprev/qnext, oldest first */
     struct ts_task *expiry_head, *expiry_tail;
     unsigned nqueued, nrunning; /* nrunning leaves out abandoned tasks */
+    size_t finished_bytes;      /* of log_bytes, held by finished tasks */
     bool started, stopping, interrupted;
 
     struct worker *workers; /* cfg.workers of them */
@@ -235,6 +249,7 @@ task_new(struct ts_task_service *svc, const struct kind_entry *entry, const json
     t->cancel_fd = -1;
     t->kind = entry->kind;
     t->entry = entry;
+    t->log_bytes = &svc->log_bytes;
     /* The body is never changed once parsed, so a reference is as good as a
      * copy (jansson's reference counts are atomic). */
     t->params = json_incref((json_t *)body);
@@ -392,6 +407,24 @@ append_end_locked(struct ts_task *t, enum ts_task_status status, const char *rea
     t->end_id = ts_event_log_append(&t->log, "end", fallback, strlen(fallback));
 }
 
+/* Bring the service's byte count up to date with this task's log. Task
+ * lock held; never after the task is done (then the log is frozen). */
+static void
+count_bytes_locked(struct ts_task *t)
+{
+    if (t->log.bytes >= t->counted)
+        atomic_fetch_add(t->log_bytes, t->log.bytes - t->counted);
+    else
+        atomic_fetch_sub(t->log_bytes, t->counted - t->log.bytes);
+    t->counted = t->log.bytes;
+}
+
+static bool
+over_cap_locked(const struct ts_task_service *svc)
+{
+    return svc->cfg.retained_bytes != 0 && atomic_load(&svc->log_bytes) > svc->cfg.retained_bytes;
+}
+
 static void
 expiry_push_locked(struct ts_task_service *svc, struct ts_task *t)
 {
@@ -444,10 +477,14 @@ end_task_locked(struct ts_task_service *svc, struct ts_task *t, const struct ts_
     t->finished_wall_ns = ts_clock_wall_ns(&svc->clock);
     t->finished_ns = ts_clock_now_ns(&svc->clock);
     append_end_locked(t, status, reason, res);
+    count_bytes_locked(t);
+    svc->finished_bytes += t->counted;
     wake_waiters_locked(t);
     pthread_mutex_unlock(&t->mu);
 
     expiry_push_locked(svc, t);
+    if (over_cap_locked(svc))
+        pthread_cond_signal(&svc->cleanup_cv);
     /* wait_idle() and finish() both wait for this. */
     if (svc->nrunning == 0)
         pthread_cond_broadcast(&svc->idle_cv);
@@ -509,11 +546,14 @@ registry_add_locked(struct ts_task_service *svc, struct ts_task *t)
     return 0;
 }
 
+/* Only finished tasks leave the registry before the service is freed. */
 static void
 registry_remove_locked(struct ts_task_service *svc, struct ts_task *t)
 {
     HASH_DEL(svc->by_id, t);
     DL_DELETE2(svc->newest, t, newer, older);
+    atomic_fetch_sub(&svc->log_bytes, t->counted);
+    svc->finished_bytes -= t->counted;
 }
 
 static const struct kind_entry *
@@ -524,6 +564,27 @@ find_kind_locked(struct ts_task_service *svc, const char *name)
             return svc->kinds[i];
     }
     return NULL;
+}
+
+/* "unknown task kind "x" (allowed: ticker, command)". svc->mu held. */
+static void
+unknown_kind_locked(const struct ts_task_service *svc, const char *name, char *err, size_t errlen)
+{
+    size_t used;
+
+    snprintf(err, errlen, "unknown task kind \"%.64s\" (allowed: ", name);
+    used = strlen(err);
+    for (size_t i = 0; i < svc->nkinds && used < errlen; i++) {
+        int n = snprintf(err + used, errlen - used, "%s%s", i > 0 ? ", " : "",
+                         svc->kinds[i]->kind->name);
+
+        if (n > 0)
+            used += (size_t)n;
+    }
+    if (svc->nkinds == 0 && used < errlen)
+        used += (size_t)snprintf(err + used, errlen - used, "none");
+    if (used < errlen)
+        snprintf(err + used, errlen - used, ")");
 }
 
 /* ---- submit, find, cancel ---- */
@@ -566,11 +627,11 @@ ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task *
     }
     pthread_mutex_lock(&svc->mu);
     entry = find_kind_locked(svc, kind_name);
+    if (entry == NULL)
+        unknown_kind_locked(svc, kind_name, err, errlen);
     pthread_mutex_unlock(&svc->mu);
-    if (entry == NULL) {
-        snprintf(err, errlen, "unknown task kind \"%.64s\"", kind_name);
+    if (entry == NULL)
         return -ENOENT;
-    }
     if (entry->kind->validate != NULL) {
         rc = entry->kind->validate(entry->kind->arg, body, err, errlen);
         if (rc != 0)
@@ -595,6 +656,17 @@ ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task *
         snprintf(err, errlen, "the task queue is full (%u queued)", svc->nqueued);
         rc = -EAGAIN;
         goto out_unlock;
+    }
+    if (over_cap_locked(svc)) {
+        pthread_cond_signal(&svc->cleanup_cv); /* finished tasks can make room */
+        if (atomic_load(&svc->log_bytes) - svc->finished_bytes >= svc->cfg.retained_bytes) {
+            snprintf(err, errlen,
+                     "the running tasks hold %zu bytes of events, RETAINED_BYTES is %zu; retry "
+                     "when some have finished",
+                     atomic_load(&svc->log_bytes) - svc->finished_bytes, svc->cfg.retained_bytes);
+            rc = -ENOSPC;
+            goto out_unlock;
+        }
     }
     rc = registry_add_locked(svc, t);
     if (rc != 0) {
@@ -752,7 +824,10 @@ take_expired_locked(struct ts_task_service *svc, int64_t now_ns)
     struct ts_task *expired = NULL, **tail = &expired;
     struct ts_task *t;
 
-    for (t = svc->expiry_head; t != NULL && t->expires_ns <= now_ns; t = svc->expiry_head) {
+    for (t = svc->expiry_head; t != NULL && (t->expires_ns <= now_ns || over_cap_locked(svc));
+         t = svc->expiry_head) {
+        if (t->expires_ns > now_ns)
+            ts_series_inc(svc->evicted);
         svc->expiry_head = t->expiry_next;
         if (svc->expiry_head == NULL)
             svc->expiry_tail = NULL;
@@ -794,6 +869,14 @@ cleanup_main(void *arg)
 
 /* ---- the service ---- */
 
+static double
+log_bytes_gauge(void *arg)
+{
+    struct ts_task_service *svc = arg;
+
+    return (double)atomic_load(&svc->log_bytes);
+}
+
 static int
 register_metrics(struct ts_task_service *svc, struct ts_metrics *m)
 {
@@ -813,10 +896,15 @@ register_metrics(struct ts_task_service *svc, struct ts_metrics *m)
     svc->submitted =
         ts_metrics_family(m, TS_METRIC_COUNTER, "tasks_submitted_total",
                           "Tasks accepted for running, by kind.", 1, submitted_labels, NULL, 0);
+    svc->evicted =
+        ts_metrics_simple(m, TS_METRIC_COUNTER, "tasks_evicted_total",
+                          "Finished tasks forgotten before TASK_RETENTION to keep RETAINED_BYTES.");
     if (svc->running == NULL || svc->queued == NULL || svc->forced == NULL ||
-        svc->finished == NULL || svc->submitted == NULL)
+        svc->finished == NULL || svc->submitted == NULL || svc->evicted == NULL)
         return -ENOMEM;
-    return 0;
+    return ts_metrics_gauge_fn(m, "task_event_log_bytes",
+                               "Encoded event bytes held by the logs of every known task.",
+                               log_bytes_gauge, svc);
 }
 
 int
@@ -833,6 +921,7 @@ ts_task_service_new(struct ts_task_service **out, const struct ts_task_service_c
     if (svc == NULL)
         return -ENOMEM;
     svc->cfg = *cfg;
+    atomic_init(&svc->log_bytes, 0);
     svc->drain = drain;
     svc->clock = clock;
     svc->log = log;
@@ -1088,8 +1177,10 @@ ts_task_emit(struct ts_task_ctx *ctx, const char *event, json_t *data)
         err = -ECANCELED; /* abandoned: "end" must stay the last event */
     else if (ts_event_log_append(&t->log, event, text, strlen(text)) == 0)
         err = -ENOMEM;
-    else
+    else {
+        count_bytes_locked(t);
         wake_waiters_locked(t);
+    }
     pthread_mutex_unlock(&t->mu);
     free(text);
     return err;
@@ -1148,6 +1239,26 @@ ts_task_sleep_ms(struct ts_task_ctx *ctx, int64_t ms)
 
 /* ---- JSON ---- */
 
+/* What the task was asked to do: "params", the body without "kind"; for a
+ * command task "command" and its "params". Immutable, so no lock. */
+static void
+add_request_json(json_t *o, const struct ts_task *t)
+{
+    const json_t *command = json_object_get(t->params, "command");
+    json_t *params;
+
+    if (strcmp(t->kind->name, "command") == 0 && json_is_string(command)) {
+        json_object_set(o, "command", (json_t *)command);
+        params = json_object_get(t->params, "params");
+        json_object_set_new(o, "params", params != NULL ? json_incref(params) : json_object());
+        return;
+    }
+    params = json_copy(t->params); /* shallow: the values are shared, read-only */
+    if (params != NULL)
+        json_object_del(params, "kind");
+    json_object_set_new(o, "params", params);
+}
+
 json_t *
 ts_task_to_json(struct ts_task *t)
 {
@@ -1176,6 +1287,8 @@ ts_task_to_json(struct ts_task *t)
                   "events", (json_int_t)ts_event_log_last_id(&t->log));
     /* clang-format on */
     pthread_mutex_unlock(&t->mu);
+    if (o != NULL)
+        add_request_json(o, t);
     return o;
 }
 

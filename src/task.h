@@ -45,6 +45,7 @@ struct ts_task_service_config {
     int64_t retention_ns;
     size_t log_events;
     size_t log_bytes;
+    size_t retained_bytes; /* all tasks' logs; 0: no cap */
 };
 
 /* Registers its metrics in `metrics` (tasks_running, tasks_queued,
@@ -70,7 +71,8 @@ void ts_task_service_free(struct ts_task_service *svc);
  * Submit a task from a request body (an object with "kind"). On success
  * returns 0 and a new reference in *out. Errors, with a sentence in `err`:
  * -ESHUTDOWN draining, -ENOENT unknown kind (or the kind's validate said so),
- * -EINVAL invalid parameters (422), -EAGAIN queue full (429), -ENOMEM.
+ * -EINVAL invalid parameters (422), -EAGAIN queue full (429), -ENOSPC the
+ * running tasks hold retained_bytes (503), -ENOMEM.
  */
 int ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task **out, char *err,
                    size_t errlen);
@@ -87,7 +89,8 @@ const char *ts_task_get_id(const struct ts_task *t);
  * once, a running one sees its flag); -EALREADY: already finished. */
 int ts_task_cancel(struct ts_task_service *svc, struct ts_task *t);
 
-/* The task as JSON: id, kind, state ("queued", "running", "succeeded",
+/* The task as JSON: id, kind, params (the request without "kind"; for a
+ * command task: command and its params), state ("queued", "running", "succeeded",
  * "failed", "cancelled"), created_at/started_at/finished_at (RFC 3339 UTC or
  * null), reason, exit_code, signal, events (last event id). New reference. */
 json_t *ts_task_to_json(struct ts_task *t);

@@ -46,12 +46,14 @@ SANITIZER_DEFAULTS = {
 }
 
 # Every daemon of the suite gets these unless the test says otherwise: a
-# bounded stop (the daemon's default waits 10 minutes for tasks) and JSON.
+# bounded stop (the daemon's default waits 10 minutes for tasks), JSON, and
+# the demo ticker, which most tests drive (off by default, as in production).
 DEFAULT_ENV = {
     "LISTEN": "127.0.0.1:0",
     "ADMIN_LISTEN": "127.0.0.1:0",
     "LOG_FORMAT": "json",
     "GRACEFUL_SHUTDOWN_TIMEOUT": "10s",
+    "KINDS": "ticker,command",
 }
 
 

@@ -213,6 +213,9 @@ def test_config_error_stops_startup(daemon, tmp_path, commands, message):
     assert len(err) == 1, d.raw_stderr()
     assert err[0]["error"].startswith(f"COMMANDS_FILE {path}: {message}"), err[0]["error"]
     assert err[0]["level"] == "error"
+    # Said once: the closing line adds the exit status, not an errno's text.
+    assert "Invalid argument" not in d.raw_stderr(), d.raw_stderr()
+    assert d.logs("start-up failed: invalid configuration")[0]["exit_status"] == 2
 
 
 @pytest.mark.parametrize("content,message", [
@@ -256,6 +259,12 @@ def test_sample_commands_file(daemon):
     assert end_of(events) == {"status": "succeeded", "reason": None, "exit_code": 0}
     events = run(d, "greet", {"who": "Ada; rm -rf $(id)"})
     assert lines(events) == ["hello Ada; rm -rf $(id)"]
+    # What the description invites a user to try stays one argument.
+    description = json.load(open(os.path.join(REPO, "examples", "commands.json")))[
+        "commands"]["greet"]["description"]
+    for tried in ("a; rm -rf /", "$(id)"):
+        assert f'"{tried}"' in description
+        assert lines(run(d, "greet", {"who": tried})) == [f"hello {tried}"]
     events = run(d, "countdown", {"n": "2"})
     assert lines(events, "stdout") == ["2", "1"]
     assert lines(events, "stderr") == ["liftoff"]
@@ -323,7 +332,7 @@ def test_leading_dash_allowed_by_the_operator(daemon, tmp_path):
 
 
 @pytest.mark.parametrize("body,status,message", [
-    ({"command": "nope"}, 404, 'unknown command "nope"'),
+    ({"command": "nope"}, 404, 'unknown command "nope" (allowed: args, dash, two)'),
     ({}, 422, '"command" must be a string naming a command'),
     ({"command": "two"}, 422, 'missing parameter "a" for command "two"'),
     ({"command": "two", "params": {"a": "x", "c": "1"}}, 422,
@@ -743,3 +752,31 @@ def test_shutdown_deadline_forces_and_counts(daemon, tmp_path):
     assert d.summary()["forced_cancellations"] == 1
     assert d.summary()["abandoned"] == 0
     assert dead(pid)
+
+
+def test_commands_route_lists_names_and_patterns_never_argv(daemon, tmp_path):
+    commands = {"two": {"argv": ["/bin/echo", "{a}", "{b}"], "description": "Two words.",
+                        "params": {"a": {"pattern": "^[a-z]+$", "description": "first"},
+                                   "b": {"pattern": "^[0-9]+$", "default": "42"}},
+                        "env": {"set": {"SECRET_TOKEN": "do-not-show"}},
+                        "timeout": "30s", "max_concurrent": 3}}
+    d = start(daemon, tmp_path, commands)
+    r = http("GET", d.url + "/v1/commands")
+    assert r.status == 200, r
+    assert r.json() == {"commands": [{
+        "name": "two", "description": "Two words.", "timeout_ms": 30000, "max_concurrent": 3,
+        "params": {"a": {"pattern": "^[a-z]+$", "default": None, "description": "first",
+                         "allow_leading_dash": False},
+                   "b": {"pattern": "^[0-9]+$", "default": "42", "description": None,
+                         "allow_leading_dash": False}}}]}, r.json()
+    assert b"/bin/echo" not in r.body and b"do-not-show" not in r.body
+    # The task says which command ran with which parameters.
+    task = submit(d, "two", {"a": "x"}).json()
+    assert task["kind"] == "command" and task["command"] == "two", task
+    assert task["params"] == {"a": "x"}, task
+
+
+def test_commands_route_without_a_commands_file(daemon):
+    d = daemon()
+    r = http("GET", d.url + "/v1/commands")
+    assert r.status == 200 and r.json() == {"commands": []}, r

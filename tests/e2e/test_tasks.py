@@ -325,3 +325,91 @@ def test_keep_alive_connection_serves_many_requests(daemon):
             r.read()
     finally:
         c.close()
+
+
+def test_unknown_kind_lists_the_kinds(daemon):
+    d = daemon({"KINDS": "ticker"})
+    r = http("POST", d.url + "/v1/tasks", {"kind": "tikcer"})
+    assert_json_error(r, 404, "unknown_kind")
+    assert r.json()["message"] == 'unknown task kind "tikcer" (allowed: ticker)', r.json()
+
+
+def test_kinds_turn_the_demo_ticker_off(daemon):
+    # The production default: no demo kind a stranger could run.
+    d = daemon({"KINDS": None})
+    r = http("POST", d.url + "/v1/tasks", TICKER)
+    assert_json_error(r, 404, "unknown_kind")
+    assert "(allowed: none)" in r.json()["message"], r.json()
+
+
+def test_task_json_says_what_was_asked(daemon):
+    d = daemon()
+    t = d.submit(count=2, interval_ms=1, payload_bytes=3)
+    assert t["params"] == {"count": 2, "interval_ms": 1, "payload_bytes": 3}, t
+    assert "command" not in t
+    assert d.wait_task(t["id"])["params"] == t["params"]
+
+
+def test_list_filters_by_state_and_limit(daemon):
+    d = daemon({"WORKERS": "1"})
+    done = [d.submit(count=1, interval_ms=0) for _ in range(3)]
+    for t in done:
+        d.wait_task(t["id"])
+    running = d.submit(count=1000, interval_ms=10)
+    d.wait_task(running["id"], states=("running",))
+    queued = d.submit(count=1, interval_ms=0)
+
+    def ids(query):
+        r = http("GET", d.url + "/v1/tasks" + query)
+        assert r.status == 200, r
+        return [t["id"] for t in r.json()["tasks"]]
+
+    assert ids("?state=running") == [running["id"]]
+    assert ids("?state=queued") == [queued["id"]]
+    assert ids("?state=queued,running") == [queued["id"], running["id"]]
+    assert ids("?state=succeeded") == [t["id"] for t in reversed(done)]
+    assert ids("?state=succeeded&limit=2") == [done[2]["id"], done[1]["id"]]
+    assert ids("?limit=1") == [queued["id"]]
+    assert ids("?state=failed") == []
+    for bad in ("?state=done", "?state=", "?state=running,", "?limit=0", "?limit=x",
+                "?limit=10001", "?limit=-1"):
+        assert_json_error(http("GET", d.url + "/v1/tasks" + bad), 400, "invalid_query")
+    http("DELETE", f"{d.url}/v1/tasks/{running['id']}")
+
+
+def test_retained_bytes_evicts_the_oldest_finished(daemon):
+    # About 200 KB of events per task against a 1 MiB cap: the oldest
+    # finished tasks are forgotten first, the newest stay, and the bytes
+    # held stay under the cap (plus what one running task's log holds).
+    d = daemon({"RETAINED_BYTES": "1M", "TASK_RETENTION": "10m"})
+    tasks = []
+    for _ in range(12):
+        t = d.submit(count=2, interval_ms=0, payload_bytes=100000)
+        d.wait_task(t["id"])
+        tasks.append(t["id"])
+    m = d.metrics()
+    assert m.value("tasks_evicted_total") >= 6, m.value("tasks_evicted_total")
+    assert m.value("task_event_log_bytes") <= 1024 * 1024
+    assert http("GET", f"{d.url}/v1/tasks/{tasks[0]}").status == 404
+    assert_json_error(http("GET", f"{d.url}/v1/tasks/{tasks[0]}/events"), 404)
+    assert d.task(tasks[-1])["state"] == "succeeded"
+    listed = [t["id"] for t in http("GET", d.url + "/v1/tasks").json()["tasks"]]
+    assert listed == list(reversed(tasks))[:len(listed)] and 3 <= len(listed) <= 6, listed
+
+
+def test_retained_bytes_refuses_only_when_running_tasks_hold_it(daemon):
+    d = daemon({"RETAINED_BYTES": "1M", "EVENT_LOG_BYTES": "1M", "WORKERS": "4"})
+    big = [d.submit(count=100000, interval_ms=1, payload_bytes=100000) for _ in range(2)]
+    wait_for(lambda: d.metrics().value("task_event_log_bytes") >= 1024 * 1024, scaled(20),
+             what="the running tasks to hold RETAINED_BYTES")
+    r = http("POST", d.url + "/v1/tasks", TICKER)
+    assert_json_error(r, 503, "retained_bytes")
+    assert int(r.headers["Retry-After"]) > 0
+    for t in big:
+        assert http("DELETE", f"{d.url}/v1/tasks/{t['id']}").status == 202
+        d.wait_log("task finished", task_id=t["id"], status="cancelled")
+    # Finished, they no longer count against new work (and are the first to
+    # go when the cap is passed): accepted again.
+    r = http("POST", d.url + "/v1/tasks", TICKER)
+    assert r.status == 202, r
+    d.wait_task(r.json()["id"])

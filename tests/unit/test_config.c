@@ -38,6 +38,8 @@ static const struct {
     {"WORKERS", "--workers"},
     {"MAX_QUEUED_TASKS", "--max-queued-tasks"},
     {"TASK_RETENTION", "--task-retention"},
+    {"RETAINED_BYTES", "--retained-bytes"},
+    {"KINDS", "--kinds"},
     {"EVENT_LOG_EVENTS", "--event-log-events"},
     {"EVENT_LOG_BYTES", "--event-log-bytes"},
     {"SSE_HEARTBEAT_INTERVAL", "--sse-heartbeat-interval"},
@@ -184,6 +186,11 @@ test_valid_values(void **state)
         {"LOG_LEVEL", "--log-level", "WARN"},
         {"COMMANDS_FILE", "--commands-file", "/etc/taskstream/commands.json"},
         {"DRAIN_AUTH_KEY", "--drain-auth-key", SECRET},
+        {"RETAINED_BYTES", "--retained-bytes", "1M"},
+        {"RETAINED_BYTES", "--retained-bytes", "1024G"},
+        {"KINDS", "--kinds", "ticker"},
+        {"KINDS", "--kinds", "command,ticker"},
+        {"KINDS", "--kinds", ""},
     };
     size_t i;
 
@@ -293,6 +300,11 @@ test_invalid_values(void **state)
         {"KILL_GRACE", "--kill-grace", "10 s", "is not a duration", NULL},
         {"TERMINATION_GRACE_PERIOD", "--termination-grace-period", "x", "is not a duration", NULL},
         {"TASK_RETENTION", "--task-retention", "1d", "is not a duration", NULL},
+        {"RETAINED_BYTES", "--retained-bytes", "1023k", "is out of range", NULL},
+        {"KINDS", "--kinds", "ticker,shell",
+         "is not allowed; use a comma-separated list of ticker and command", NULL},
+        {"KINDS", "--kinds", "ticker,", "ends with a comma", NULL},
+        {"KINDS", "--kinds", ",ticker", "is not allowed", NULL},
         {"SSE_HEARTBEAT_INTERVAL", "--sse-heartbeat-interval", "99ms",
          "is out of range; allowed 100ms..1h", NULL},
         {"SSE_HEARTBEAT_INTERVAL", "--sse-heartbeat-interval", "61m", "out of range", NULL},
@@ -804,6 +816,27 @@ test_secret_never_echoed(void **state)
     }
 }
 
+/* The built-in kinds: only command by default; a COMMANDS_FILE without the
+ * command kind is refused. */
+static void
+test_kinds(void **state)
+{
+    char *ticker[] = {"KINDS=ticker", NULL};
+    char *unused[] = {"KINDS=ticker", "COMMANDS_FILE=/etc/taskstream/commands.json", NULL};
+    struct ts_config cfg;
+    char err[512];
+
+    (void)state;
+    assert_int_equal(ts_config_init(&cfg), 0);
+    assert_int_equal(cfg.kinds, TS_KIND_COMMAND);
+    assert_int_equal(parse(&cfg, ticker, NULL, err, sizeof(err)), 0);
+    assert_int_equal(cfg.kinds, TS_KIND_TICKER);
+    assert_int_equal(parse(&cfg, unused, NULL, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "KINDS (--kinds): leaves out command, but COMMANDS_FILE is set"));
+    assert_int_equal(cfg.kinds, TS_KIND_TICKER);
+    ts_config_dispose(&cfg);
+}
+
 static void
 test_termination_budget(void **state)
 {
@@ -1046,6 +1079,7 @@ main(void)
         cmocka_unit_test(test_reread_key_files),
         cmocka_unit_test(test_secret_never_echoed),
         cmocka_unit_test(test_termination_budget),
+        cmocka_unit_test(test_kinds),
         cmocka_unit_test(test_address_split),
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_markdown),

@@ -619,7 +619,7 @@ test_submit_errors(void **state)
         {"[1]", -EINVAL, "the request body must be a JSON object"},
         {"{}", -EINVAL, "\"kind\" must be a string"},
         {"{\"kind\":3}", -EINVAL, "\"kind\" must be a string"},
-        {"{\"kind\":\"nope\"}", -ENOENT, "unknown task kind \"nope\""},
+        {"{\"kind\":\"nope\"}", -ENOENT, "unknown task kind \"nope\" (allowed: test)"},
         {"{\"kind\":\"test\"}", -EINVAL, "\"mode\" must be a string"},
         {"{\"kind\":\"test\",\"mode\":\"what\"}", -EINVAL, "\"mode\" is not one of the test modes"},
         {"{\"kind\":\"test\",\"mode\":\"missing\"}", -ENOENT, "no such mode"},
