@@ -8,10 +8,10 @@
  * main.c in small: configuration from the environment and flags, JSON or
  * text logs on stderr as taskstreamd writes them, SIGTERM/SIGINT taken by one
  * sigwait() thread (the first requests the shutdown, a second forces it),
- * the stop sequence, one "shutdown complete" summary line, exit 0. When a
- * task was abandoned the server is not freed, since freeing it would join a
- * worker that never returns; the process exits with it still sleeping, as
- * docs/operations.md describes.
+ * the stop sequence, one "shutdown complete" summary line, exit 0. The
+ * server is freed as usual, also when a task was abandoned: its worker
+ * thread is detached, not joined, and keeps only the task, so the process
+ * exits with it still sleeping, as docs/operations.md describes.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -162,10 +162,7 @@ main(int argc, char **argv)
 
     pthread_kill(sigs.thread, SIG_QUIT_WAITER);
     pthread_join(sigs.thread, NULL);
-    /* An abandoned task still owns its worker thread: freeing the server
-     * would join it, i.e. wait out its sleep. Exit with it still running. */
-    if (rep.abandoned == 0)
-        ts_server_free(srv);
+    ts_server_free(srv); /* does not wait for an abandoned task */
     ts_coordinator_free(coord);
     ts_log_free(log);
     ts_config_dispose(&cfg);
