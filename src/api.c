@@ -1,6 +1,7 @@
 /*
- * The public API's routes (DESIGN.md section 2): submit, list, read and
- * cancel tasks, and follow a task's events over SSE.
+ * The public API's routes (docs/design.md; the stream contract is
+ * docs/streams.md): submit, list, read and cancel tasks, list the commands,
+ * and follow a task's events over SSE.
  *
  * Handlers translate HTTP to the task service and back; every error is JSON
  * {"error": code, "message": sentence} and says what is wrong and where.

@@ -2,7 +2,7 @@
  * The server: builds the services from a configuration, hands each its
  * dependencies (the drain view, the clock, the metrics registry, the log),
  * runs the housekeeping thread, and carries out the stop sequence of
- * DESIGN.md section 4 when its owner asks (ts_server_shutdown).
+ * docs/operations.md when its owner asks (ts_server_shutdown).
  *
  * The server never decides to drain. Its owner (main.c) does, through the
  * coordinator; the admin listener's /drain is the one other trigger, an

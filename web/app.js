@@ -92,6 +92,21 @@
     $('tasks-empty').hidden = tasks.length > 0;
   }
 
+  // The server did not answer: what the list shows is only what it last
+  // said. Unfinished tasks may have ended, or been cut, since: say so rather
+  // than show them as running.
+  function markStale(why) {
+    $('server-note').textContent = `the server is not answering (${why}): states below are the last known`;
+    for (const tr of document.querySelectorAll('#task-rows tr')) {
+      const state = tr.dataset.state;
+      if (tr.dataset.stale || !(state === 'running' || state === 'queued')) continue;
+      tr.dataset.stale = 'true';
+      const cell = tr.querySelector('td.state');
+      cell.textContent = `unknown (was ${state})`;
+      cell.className = 'state state-unknown';
+    }
+  }
+
   async function refreshTasks() {
     if (refreshing) return;
     refreshing = true;
@@ -100,11 +115,13 @@
       if (r.status === 200 && r.json && Array.isArray(r.json.tasks)) {
         renderTasks(r.json.tasks);
         $('server-note').textContent = '';
+      } else if (r.status >= 502 && r.status <= 504) {
+        markStale(`${r.status} from a proxy`); // the server behind it is gone
       } else {
         $('server-note').textContent = `task list: ${describeError(r)}`;
       }
     } catch (e) {
-      $('server-note').textContent = `task list: ${e.message}`;
+      markStale(e.message);
     } finally {
       refreshing = false;
     }
@@ -225,7 +242,7 @@
       const r = $('task-result');
       r.textContent = summary('end', d, e.data);
       r.dataset.status = d && d.status ? d.status : 'unknown';
-      setState('ended', 'ended (waiting for the server to close)');
+      setState('ended', `finished: ${r.textContent}`);
       refreshTasks();
     }
     updateCounters();

@@ -13,6 +13,7 @@ exactly once, gets 204 and stops. Screenshots go to tests/e2e/artifacts/.
 import json
 import os
 import re
+import signal
 import sys
 import time
 
@@ -187,6 +188,9 @@ def test_page_starts_a_ticker_and_renders_its_events(daemon, browser):
     assert events_requests(d, 204) == 1, "the browser reconnected again after 204"
     assert events_requests(d, 200) == 1
 
+    assert page_status(browser)["state"] == "closed"
+    assert browser.eval("() => document.getElementById('stream-state').textContent") == \
+        "closed: finished"
     assert console_problems(browser) == []
     browser.screenshot(artifact_path("dashboard-finished-task.png"))
 
@@ -338,3 +342,26 @@ def test_gap_notice_when_the_page_comes_back_too_late(daemon, browser):
         browser.screenshot(artifact_path("dashboard-gap.png"))
     finally:
         proxy.close()
+
+
+def test_page_does_not_show_tasks_running_after_the_server_went_away(daemon, browser):
+    """The server is killed under a running task: the page must not go on
+    showing it as running. The list marks it unknown (last known: running),
+    the note says the server does not answer, the stream reconnects."""
+    d = daemon(env=FAST)
+    browser.goto(d.url + "/")
+    wait_page(browser, "() => document.body.dataset.ready === 'true'")
+    task_id = start_ticker_from_page(browser, 1000, 100)
+    row = "(id) => { const r = document.querySelector(`#task-rows tr[data-id='${id}']`);"
+    wait_page(browser, row + " return r !== null && r.dataset.state === 'running'; }", task_id)
+    d.signal(signal.SIGKILL)
+    d.wait_exit(scaled(10))
+    d.expected_exit = -signal.SIGKILL
+    wait_page(browser, row + " return r !== null && r.dataset.stale === 'true'; }", task_id,
+              timeout_s=scaled(15))
+    cell = browser.eval("(id) => document.querySelector(`#task-rows tr[data-id='${id}'] td.state`)"
+                        ".textContent", task_id)
+    assert cell == "unknown (was running)", cell
+    note = browser.eval("() => document.getElementById('server-note').textContent")
+    assert note.startswith("the server is not answering"), note
+    assert page_status(browser)["state"] in ("reconnecting", "closed"), page_status(browser)
