@@ -8,7 +8,7 @@ set -eu
 build="cmake ninja-build gcc clang pkg-config libmicrohttpd-dev libjansson-dev uthash-dev libsystemd-dev xxd"
 # chromium, nginx, node: the real clients and proxy of tests/e2e (the npm
 # packages they use are installed by the tests from their lockfile).
-test="$build libcmocka-dev python3 python3-pytest python3-yaml curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx"
+test="$build libcmocka-dev python3 python3-pytest python3-yaml python3-h11 curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx"
 bench="$build python3 nginx libnginx-mod-nchan"
 
 case "${1:-build}" in
