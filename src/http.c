@@ -23,10 +23,7 @@
  * housekeeping thread; MHD calls the "closed" notification before it closes
  * the socket, so a listed fd is always the connection's own.
  */
-#include <arpa/inet.h>
-#include <ctype.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -38,12 +35,10 @@
 
 #include <utlist.h>
 
-#include "config.h"
 #include "http.h"
+#include "listener.h"
 
 #define MAX_ID_LEN 64
-/* Connections the kernel queues before we accept them (bursts of reconnects). */
-#define LISTEN_BACKLOG 4096
 
 /* A connection, from accept to close; guarded by conns_mu. */
 struct conn_info {
@@ -58,7 +53,10 @@ struct ts_http {
     char *name;
     struct MHD_Daemon *daemon;
     int port;
-    atomic_bool refusing; /* ts_http_quiesce() was called */
+    struct ts_listener *listener; /* ours: accept, descriptor exhaustion, quiesce */
+    /* Connections handed to MHD and not yet closed: the cap is applied
+     * before accept, so that the rest wait in the kernel's queue. */
+    atomic_uint conns;
 
     pthread_mutex_t conns_mu;
     struct conn_info *waiting; /* connections whose headers are not in yet */
@@ -101,6 +99,11 @@ on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
     struct ts_http *h = cls;
     struct conn_info *ci;
 
+    /* MHD closes a connection it could not set up without telling us: a
+     * connection lost that way keeps its place in `conns` (memory only). */
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED &&
+        atomic_fetch_sub(&h->conns, 1) == h->cfg.max_connections)
+        ts_listener_resume(h->listener);
     if (h->cfg.header_timeout_ns <= 0)
         return;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
@@ -581,94 +584,35 @@ on_mhd_log(void *cls, const char *fmt, va_list ap)
 void
 ts_http_quiesce(struct ts_http *h)
 {
-    atomic_store(&h->refusing, true);
+    ts_listener_close(h->listener);
 }
 
-static enum MHD_Result
-on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+/* The listener's thread hands each connection to MHD (its ITC wakes the
+ * daemon's threads); MHD closes it if it cannot take it (its caps). */
+static void
+on_accept(void *arg, int fd, const struct sockaddr *sa, socklen_t salen)
 {
-    struct ts_http *h = cls;
+    struct ts_http *h = arg;
 
-    (void)addr;
-    (void)addrlen;
-    return atomic_load(&h->refusing) ? MHD_NO : MHD_YES;
+    atomic_fetch_add(&h->conns, 1);
+    if (MHD_add_connection(h->daemon, fd, sa, salen) != MHD_YES)
+        atomic_fetch_sub(&h->conns, 1); /* refused (per-IP cap, memory); closed by MHD */
+}
+
+static bool
+admit(void *arg)
+{
+    struct ts_http *h = arg;
+
+    return atomic_load(&h->conns) < h->cfg.max_connections;
 }
 
 /* ---- lifecycle ---- */
 
-/*
- * The listening socket is ours, not MHD's: bound with SO_REUSEADDR only (a
- * restart right after a crash must not wait out TIME_WAIT) and never with
- * SO_REUSEPORT, under which a second daemon on the same port would bind
- * without error and the kernel would split connections between the two.
- * The address grammar is the configuration's (ts_config_address_split);
- * "localhost" is 127.0.0.1. Returns the descriptor, or a negative errno with
- * "LISTEN 127.0.0.1:8080: address already in use" in `err`.
- */
-static int
-open_listener(const struct ts_http_config *cfg, int *port, char *err, size_t errlen)
-{
-    struct sockaddr_storage ss = {0};
-    socklen_t sslen;
-    char host[INET6_ADDRSTRLEN];
-    const char *what = "socket";
-    uint16_t portnum;
-    int one = 1, fd, rc;
-
-    if (ts_config_address_split(cfg->listen, host, sizeof(host), &portnum) != 0) {
-        snprintf(err, errlen, "%s %s: not an address", cfg->setting, cfg->listen);
-        return -EINVAL;
-    }
-    if (strchr(host, ':') != NULL) {
-        struct sockaddr_in6 *sa = (struct sockaddr_in6 *)&ss;
-
-        sa->sin6_family = AF_INET6;
-        sa->sin6_port = htons(portnum);
-        inet_pton(AF_INET6, host, &sa->sin6_addr);
-        sslen = sizeof(*sa);
-    } else {
-        struct sockaddr_in *sa = (struct sockaddr_in *)&ss;
-
-        sa->sin_family = AF_INET;
-        sa->sin_port = htons(portnum);
-        inet_pton(AF_INET, strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, &sa->sin_addr);
-        sslen = sizeof(*sa);
-    }
-    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        goto fail;
-    what = "setsockopt";
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
-        goto fail;
-    what = "bind";
-    if (bind(fd, (struct sockaddr *)&ss, sslen) != 0)
-        goto fail;
-    what = "listen";
-    if (listen(fd, LISTEN_BACKLOG) != 0)
-        goto fail;
-    sslen = sizeof(ss);
-    what = "getsockname";
-    if (getsockname(fd, (struct sockaddr *)&ss, &sslen) != 0)
-        goto fail;
-    *port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                           : ((struct sockaddr_in *)&ss)->sin_port);
-    return fd;
-
-fail:
-    rc = -errno;
-    if (fd >= 0)
-        close(fd);
-    /* "Address already in use" reads as part of a sentence in lower case. */
-    snprintf(err, errlen, "%s %s: %c%s", cfg->setting, cfg->listen,
-             (char)tolower((unsigned char)ts_strerror(rc)[0]), ts_strerror(rc) + 1);
-    if (rc != -EADDRINUSE && rc != -EADDRNOTAVAIL && rc != -EACCES)
-        snprintf(err + strlen(err), errlen - strlen(err), " (%s)", what);
-    return rc;
-}
-
 int
 ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
 {
+    struct ts_listener_config lcfg;
     struct ts_http *h;
     unsigned flags;
     char err[256];
@@ -684,9 +628,9 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
         goto out_free;
     }
     pthread_mutex_init(&h->conns_mu, NULL);
-    atomic_init(&h->refusing, false);
+    atomic_init(&h->conns, 0);
 
-    fd = open_listener(cfg, &h->port, err, sizeof(err));
+    fd = ts_listen_socket(cfg->listen, cfg->setting, &h->port, err, sizeof(err));
     if (fd < 0) {
         rc = fd;
         ts_log(cfg->log, TS_LOG_ERROR, "cannot listen", TS_F_STR("listener", cfg->name),
@@ -694,7 +638,9 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
         goto out_free_name;
     }
 
-    flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    /* MHD serves the connections our listener accepts (MHD_add_connection). */
+    flags =
+        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC | MHD_USE_NO_LISTEN_SOCKET;
     if (cfg->suspend_resume)
         flags |= MHD_ALLOW_SUSPEND_RESUME;
 
@@ -702,8 +648,10 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
         /* The logger first, so MHD routes every message through it. */
         struct MHD_OptionItem opts[] = {
             {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, h},
-            {MHD_OPTION_LISTEN_SOCKET, fd, NULL},
-            {MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL},
+            /* Our listener applies the cap (admit()); MHD counts a closed
+             * connection a little later than its "closed" notice, so its
+             * own limit must not be the one that bites. */
+            {MHD_OPTION_CONNECTION_LIMIT, 2 * cfg->max_connections + 64, NULL},
             {MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_ip, NULL},
             {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)cfg->connection_memory, NULL},
             {MHD_OPTION_CONNECTION_TIMEOUT, cfg->idle_timeout_s, NULL},
@@ -721,14 +669,29 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
         if (cfg->threads > 1)
             opts[TS_ARRAY_SIZE(opts) - 2] =
                 (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, cfg->threads, NULL};
-        h->daemon = MHD_start_daemon(flags, 0, on_accept, h, on_request, h, MHD_OPTION_ARRAY, opts,
+        h->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_ARRAY, opts,
                                      MHD_OPTION_END);
     }
-    /* From here the socket is MHD's: it closes it on failure and on stop. */
     if (h->daemon == NULL) {
         rc = -ENOMEM;
+        close(fd);
         ts_log(cfg->log, TS_LOG_ERROR, "cannot start listener", TS_F_STR("listener", cfg->name),
                TS_F_STR("address", cfg->listen), TS_F_END);
+        goto out_free_name;
+    }
+    lcfg = (struct ts_listener_config){
+        .name = cfg->name,
+        .fd = fd,
+        .serve_from_reserve = cfg->serve_from_reserve,
+        .reserve = cfg->reserve,
+        .on_accept = on_accept,
+        .admit = admit,
+        .arg = h,
+        .log = cfg->log,
+    };
+    rc = ts_listener_start(&h->listener, &lcfg); /* it owns fd from here */
+    if (rc != 0) {
+        MHD_stop_daemon(h->daemon);
         goto out_free_name;
     }
     *out = h;
@@ -753,7 +716,9 @@ ts_http_stop(struct ts_http *h)
 {
     if (h == NULL)
         return;
+    ts_listener_close(h->listener); /* nothing is handed to MHD after this */
     MHD_stop_daemon(h->daemon);
+    ts_listener_free(h->listener); /* after MHD's last "closed", which resumes it */
     pthread_mutex_destroy(&h->conns_mu);
     free(h->name);
     free(h);

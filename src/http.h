@@ -20,6 +20,8 @@
 #include "metrics.h"
 #include "util.h"
 
+struct ts_fd_reserve;
+
 struct ts_http;
 struct ts_http_request;
 
@@ -52,8 +54,10 @@ struct ts_http_config {
     unsigned idle_timeout_s;
     int64_t header_timeout_ns; /* 0: none */
     unsigned threads;
-    bool suspend_resume;      /* SSE needs it */
-    bool close_when_draining; /* answer "Connection: close" while draining */
+    bool suspend_resume;           /* SSE needs it */
+    bool serve_from_reserve;       /* accept with a reserve descriptor when out of them (admin) */
+    struct ts_fd_reserve *reserve; /* the server's, shared by its listeners */
+    bool close_when_draining;      /* answer "Connection: close" while draining */
 
     struct ts_drain_view drain;
     struct ts_clock clock;

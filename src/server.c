@@ -19,11 +19,16 @@
 #include <string.h>
 
 #include "command.h"
+#include "listener.h"
 #include "server.h"
 
 /* Streams get this long to flush their final events before the listener
  * closes; a client that does not read by then is cut. */
 #define FLUSH_BOUND_NS (5 * TS_NS_PER_S)
+
+/* Descriptors held back so that the admin listener answers probes while the
+ * public one has used up every other (listener.h). */
+#define FD_RESERVE 8
 
 /* A task that was cancelled at the deadline gets this long, beyond
  * KILL_GRACE, to return before it is abandoned. */
@@ -322,7 +327,12 @@ ts_server_start(struct ts_server *srv)
     adm.threads = 1;
     adm.suspend_resume = false;
     adm.close_when_draining = false;
+    adm.serve_from_reserve = true;
 
+    err = ts_fd_reserve_new(&srv->fd_reserve, FD_RESERVE);
+    if (err != 0)
+        return err;
+    pub.reserve = adm.reserve = srv->fd_reserve;
     err = ts_task_service_start(srv->tasks);
     if (err != 0)
         return err;
@@ -508,6 +518,7 @@ ts_server_free(struct ts_server *srv)
         stop_public(srv);
     }
     ts_http_stop(srv->admin_http);
+    ts_fd_reserve_free(srv->fd_reserve);
     if (srv->drain_sub >= 0)
         ts_drain_unsubscribe(&srv->drain, srv->drain_sub);
     ts_sse_free(srv->sse);

@@ -31,6 +31,7 @@ struct ts_server {
     struct ts_sse *sse;
     struct ts_http *public_http;
     struct ts_http *admin_http;
+    struct ts_fd_reserve *fd_reserve; /* held back for the admin listener */
     bool started;
 
     int drain_sub;

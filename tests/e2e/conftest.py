@@ -92,7 +92,7 @@ class DaemonError(AssertionError):
 class Daemon:
     """A running taskstreamd with its stderr collected line by line."""
 
-    def __init__(self, binary, env, args, stderr_path):
+    def __init__(self, binary, env, args, stderr_path, prefix=()):
         self.binary = binary
         self.env = env
         self.args = list(args)
@@ -105,7 +105,9 @@ class Daemon:
         self._stdout = b""
         self._file = open(stderr_path, "w", encoding="utf-8")
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen([binary, *self.args], env=env, stdin=subprocess.DEVNULL,
+        # `prefix` runs it through a program that execs it (prlimit): the
+        # pid stays the daemon's.
+        self.proc = subprocess.Popen([*prefix, binary, *self.args], env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      start_new_session=True)
         self.pid = self.proc.pid
@@ -352,14 +354,14 @@ def workdir():
 
 @pytest.fixture
 def daemon(request, binary, workdir):
-    """Factory: daemon(env=None, args=(), wait=True) -> Daemon."""
+    """Factory: daemon(env=None, args=(), wait=True, prefix=()) -> Daemon."""
     started = []
     request.node._ts_daemons = started
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)[-120:]
 
-    def start(env=None, args=(), wait=True):
+    def start(env=None, args=(), wait=True, prefix=()):
         path = os.path.join(workdir, f"{safe}.{len(started)}.stderr")
-        d = Daemon(binary, base_env(env), args, path)
+        d = Daemon(binary, base_env(env), args, path, prefix)
         started.append(d)
         if wait:
             d.wait_listening(scaled(15))
