@@ -142,8 +142,8 @@ ts_http_head_scan(struct ts_http_scan *sc, const char *buf, size_t len,
 
 /* host [ ":" port ]: an IP literal in brackets, or a reg-name (which covers
  * IPv4); an empty Host is allowed (RFC 9112 section 3.2). */
-static bool
-authority_ok(struct ts_http_str a)
+bool
+ts_http_authority_ok(struct ts_http_str a)
 {
     const unsigned char *p = (const unsigned char *)a.p;
     size_t i = 0, host_end;
@@ -212,35 +212,56 @@ split_path(struct ts_http_head *h, struct ts_http_str rest)
         h->path = root_path; /* "http://host?x" */
 }
 
+/* Methods are case-sensitive (RFC 9110 section 9.1). */
+static bool
+method_is(const struct ts_http_head *h, const char *name)
+{
+    return h->method.len == strlen(name) && memcmp(h->method.p, name, h->method.len) == 0;
+}
+
+/* The bytes of t[from, to) are target characters or %-escapes; '[' and ']'
+ * only where `brackets` (an absolute form's authority, RFC 3986 3.2.2). */
+static int
+check_target_chars(struct ts_http_str t, size_t from, size_t to, bool brackets, const char **why)
+{
+    const unsigned char *p = (const unsigned char *)t.p;
+
+    for (size_t i = from; i < to; i++) {
+        if (p[i] == '%') {
+            if (i + 2 >= to || !is_hex(p[i + 1]) || !is_hex(p[i + 2]))
+                ERR(400, "a % in the request target is not followed by two hex digits");
+            i += 2;
+        } else if (!is_target_char(p[i]) && !(brackets && (p[i] == '[' || p[i] == ']'))) {
+            ERR(400, "the request target holds a character RFC 3986 does not allow (send it "
+                     "%-encoded)");
+        }
+    }
+    return 0;
+}
+
 static int
 parse_target(struct ts_http_head *h, const char **why)
 {
     struct ts_http_str t = h->target;
     const unsigned char *p = (const unsigned char *)t.p;
+    int rc;
 
-    for (size_t i = 0; i < t.len; i++) {
-        if (p[i] == '%') {
-            if (i + 2 >= t.len || !is_hex(p[i + 1]) || !is_hex(p[i + 2]))
-                ERR(400, "a % in the request target is not followed by two hex digits");
-            i += 2;
-        } else if (!is_target_char(p[i]) && !(p[i] == '*' && t.len == 1)) {
-            ERR(400, "the request target holds a character RFC 3986 does not allow (send it "
-                     "%-encoded)");
-        }
-    }
     if (t.len == 1 && p[0] == '*') {
-        if (!str_is(h->method, "OPTIONS"))
+        if (!method_is(h, "OPTIONS"))
             ERR(400, "the asterisk form of a request target is only for OPTIONS");
         h->form = TS_HTTP_ASTERISK_FORM;
         h->path = t;
         return 0;
     }
     if (p[0] == '/') {
+        rc = check_target_chars(t, 0, t.len, false, why);
+        if (rc != 0)
+            return rc;
         h->form = TS_HTTP_ORIGIN_FORM;
         split_path(h, t);
         return 0;
     }
-    if (str_is(h->method, "CONNECT"))
+    if (method_is(h, "CONNECT"))
         ERR(501, "CONNECT is not implemented");
     {
         size_t scheme = t.len > 7 && strncasecmp(t.p, "http://", 7) == 0    ? 7
@@ -252,9 +273,16 @@ parse_target(struct ts_http_head *h, const char **why)
             ERR(400, "the request target is neither a path nor an http URI");
         while (end < t.len && p[end] != '/' && p[end] != '?')
             end++;
+        rc = check_target_chars(t, scheme, end, true, why);
+        if (rc == 0)
+            rc = check_target_chars(t, end, t.len, false, why);
+        if (rc != 0)
+            return rc;
         h->authority = (struct ts_http_str){t.p + scheme, end - scheme};
-        if (h->authority.len == 0 || memchr(h->authority.p, '@', h->authority.len) != NULL ||
-            !authority_ok(h->authority))
+        /* An http URI with an empty host is invalid (RFC 9110 4.2.1). */
+        if (h->authority.len == 0 || h->authority.p[0] == ':' ||
+            memchr(h->authority.p, '@', h->authority.len) != NULL ||
+            !ts_http_authority_ok(h->authority))
             ERR(400, "the authority of the request target is not host[:port]");
         h->form = TS_HTTP_ABSOLUTE_FORM;
         split_path(h, (struct ts_http_str){t.p + end, t.len - end});
@@ -360,6 +388,7 @@ check_fields(struct ts_http_head *h, const char **why)
 {
     const struct ts_http_str *host = NULL, *cl = NULL, *te = NULL;
     unsigned seen[sizeof(singletons) / sizeof(singletons[0])] = {0};
+    bool close = false, keep_alive = false;
 
     for (size_t i = 0; i < h->nfields; i++) {
         const struct ts_http_field *f = &h->fields[i];
@@ -383,20 +412,21 @@ check_fields(struct ts_http_head *h, const char **why)
             cl = &f->value;
         else if (str_is(f->name, "transfer-encoding"))
             te = &f->value;
-        else if (str_is(f->name, "connection") && list_has(f->value, "close"))
-            h->keep_alive = false;
-        else if (str_is(f->name, "connection") && list_has(f->value, "keep-alive") &&
-                 h->version_minor == 0)
-            h->keep_alive = true;
-        else if (str_is(f->name, "expect")) {
+        else if (str_is(f->name, "connection")) {
+            close |= list_has(f->value, "close");
+            keep_alive |= list_has(f->value, "keep-alive");
+        } else if (str_is(f->name, "expect")) {
             if (!str_is(f->value, "100-continue"))
                 ERR(417, "the only expectation supported is 100-continue");
-            h->expect_continue = true;
+            /* A 1.0 client cannot read a 100 (RFC 9110 10.1.1: ignore it). */
+            h->expect_continue = h->version_minor >= 1;
         }
     }
+    /* "close" wins, wherever it is (RFC 9112 9.3). */
+    h->keep_alive = !close && (h->version_minor >= 1 || keep_alive);
     if (host == NULL && h->version_minor >= 1)
         ERR(400, "an HTTP/1.1 request without a Host field (RFC 9112 section 3.2)");
-    if (host != NULL && !authority_ok(*host))
+    if (host != NULL && !ts_http_authority_ok(*host))
         ERR(400, "the Host field is not host[:port] (RFC 9112 section 3.2)");
     if (h->form != TS_HTTP_ABSOLUTE_FORM && host != NULL)
         h->authority = *host;

@@ -7,7 +7,8 @@
  * (tests/e2e/test_head_differential.py).
  *
  * Two steps over one contiguous buffer, zero-copy (every pointer below points
- * into the caller's buffer):
+ * into the caller's buffer, but for `path` of an absolute form without one,
+ * which is a static "/"):
  *   ts_http_head_scan()  as bytes arrive: finds the end of the head, and
  *                        rejects at once what can never become a valid one
  *                        (a bare CR or LF, a NUL, a line over the limit), so a
@@ -119,6 +120,10 @@ int ts_http_head_scan(struct ts_http_scan *sc, const char *buf, size_t len,
  */
 int ts_http_head_parse(struct ts_http_head *h, const struct ts_http_scan *sc, const char *buf,
                        size_t head_len, const struct ts_http_limits *lim, const char **why);
+
+/* Is `a` host[:port] as RFC 9112 section 3.2 takes it (an IP literal in
+ * brackets or a reg-name, an optional port up to 65535; empty is allowed)? */
+bool ts_http_authority_ok(struct ts_http_str a);
 
 /* The value of the field named `name` (case-insensitive), the first if there
  * are several; NULL when absent. */

@@ -114,6 +114,21 @@ test_valid_heads(void **state)
     assert_int_equal(h.authority.len, 0);
     assert_int_equal(parse("GET /a%2Fb%20c HTTP/1.2\r\nHost: a\r\n\r\n", &h, &why), 0);
     assert_int_equal(h.version_minor, 2);
+
+    /* Corners the differential test against h11 found. An IP literal in
+     * the absolute form (RFC 3986 3.2.2); "close" wins wherever it is
+     * (RFC 9112 9.3); 100-continue is ignored in HTTP/1.0 (RFC 9110
+     * 10.1.1); methods are case-sensitive. */
+    assert_int_equal(
+        parse("GET http://[::1]:8080/x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", &h, &why), 0);
+    assert_str(h.authority, "[::1]:8080");
+    assert_int_equal(
+        parse("GET / HTTP/1.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n", &h, &why),
+        0);
+    assert_false(h.keep_alive);
+    assert_int_equal(
+        parse("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n", &h, &why), 0);
+    assert_false(h.expect_continue);
 }
 
 static void
@@ -152,6 +167,9 @@ test_rejected_heads(void **state)
         {"GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "neither a path"},
         {"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "authority"},
         {"GET http:/// HTTP/1.1\r\nHost: a\r\n\r\n", 400, "authority"},
+        {"GET http://:80/ HTTP/1.1\r\nHost: :80\r\n\r\n", 400, "authority"},
+        {"GET /[x] HTTP/1.1\r\nHost: a\r\n\r\n", 400, "RFC 3986"},
+        {"options * HTTP/1.1\r\nHost: a\r\n\r\n", 400, "only for OPTIONS"},
         /* field lines */
         {"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", 400, "obs-fold"},
         {"GET / HTTP/1.1\r\nHost: a\r\n\tfolded\r\n\r\n", 400, "obs-fold"},
