@@ -36,6 +36,7 @@
 #include <utlist.h>
 
 #include "http.h"
+#include "http_head.h"
 #include "listener.h"
 
 #define MAX_ID_LEN 64
@@ -65,6 +66,8 @@ struct ts_http {
 struct ts_http_request {
     struct ts_http *http;
     struct MHD_Connection *conn;
+    char *target; /* the request target as sent, before MHD decodes it */
+    bool begun;   /* begin_request() ran */
     const char *method;
     const struct ts_route *route; /* NULL: no route matched */
     char id[MAX_ID_LEN + 1];      /* the {id} segment, "" when none */
@@ -347,37 +350,108 @@ ts_http_reply_unauthorized(struct ts_http_request *req, const char *realm, const
 
 /* ---- routing ---- */
 
-/* Match `path` against `pattern`; "{id}" takes one non-empty segment. */
-static bool
-match_route(const char *pattern, const char *path, char id[MAX_ID_LEN + 1], bool *has_id)
-{
-    *has_id = false;
-    while (*pattern != '\0' && *path != '\0') {
-        if (strncmp(pattern, "{id}", 4) == 0) {
-            size_t n = strcspn(path, "/");
+/*
+ * Routing works on the request target as sent, split at '/' first and each
+ * segment %-decoded after, with its length: "%2F" is a '/' inside a segment
+ * (never a separator), and a decoded NUL or other control byte makes the
+ * request invalid rather than cutting a C string short.
+ */
+#define SEGMENTS_MAX 8
+#define SEGMENT_MAX 256
 
-            if (n == 0 || n > MAX_ID_LEN)
-                return false;
-            memcpy(id, path, n);
-            id[n] = '\0';
-            *has_id = true;
-            pattern += 4;
-            path += n;
-            continue;
-        }
-        if (*pattern != *path)
-            return false;
-        pattern++;
-        path++;
+struct path {
+    char seg[SEGMENTS_MAX][SEGMENT_MAX];
+    size_t len[SEGMENTS_MAX];
+    size_t n;
+    bool too_deep; /* more segments, or longer ones, than any route has */
+};
+
+/* 0, or -EINVAL for a target no route could take and no client should send
+ * (a bad escape, a decoded control byte): that is a 400. */
+static int
+split_target(const char *target, struct path *p)
+{
+    const char *q = strchr(target, '?');
+    size_t end = q != NULL ? (size_t)(q - target) : strlen(target);
+    size_t i = 1;
+
+    memset(p, 0, sizeof(*p));
+    if (end == 0 || target[0] != '/')
+        return -EINVAL;
+    if (q != NULL) { /* the query is MHD's to parse, but must be as clean */
+        struct ts_http_str query = {q + 1, strlen(q + 1)};
+        char *scratch = malloc(query.len + 1);
+        long ok = scratch != NULL ? ts_http_segment_decode(query, scratch) : 0;
+
+        free(scratch);
+        if (ok < 0)
+            return -EINVAL;
     }
-    return *pattern == '\0' && *path == '\0';
+    for (;;) {
+        const char *slash = memchr(target + i, '/', end - i);
+        size_t seglen = (slash != NULL ? (size_t)(slash - target) : end) - i;
+        struct ts_http_str raw = {target + i, seglen};
+        char buf[SEGMENT_MAX];
+        long n;
+
+        if (seglen >= SEGMENT_MAX || p->n == SEGMENTS_MAX) {
+            char *big = malloc(seglen + 1);
+
+            /* Still decoded, so that a bad one is a 400 wherever it is. */
+            n = big != NULL ? ts_http_segment_decode(raw, big) : 0;
+            free(big);
+            if (n < 0)
+                return -EINVAL;
+            p->too_deep = true;
+        } else {
+            n = ts_http_segment_decode(raw, buf);
+            if (n < 0)
+                return -EINVAL;
+            memcpy(p->seg[p->n], buf, (size_t)n);
+            p->len[p->n++] = (size_t)n;
+        }
+        if (slash == NULL)
+            return 0;
+        i += seglen + 1;
+    }
+}
+
+/* Match the split path against `pattern`; "{id}" takes one non-empty
+ * segment of at most MAX_ID_LEN bytes. */
+static bool
+match_route(const char *pattern, const struct path *p, char id[MAX_ID_LEN + 1], bool *has_id)
+{
+    size_t k = 0;
+
+    *has_id = false;
+    if (p->too_deep)
+        return false;
+    for (const char *s = pattern + 1;; k++) {
+        const char *e = strchr(s, '/');
+        size_t len = e != NULL ? (size_t)(e - s) : strlen(s);
+
+        if (k == p->n)
+            return false;
+        if (len == 4 && strncmp(s, "{id}", 4) == 0) {
+            if (p->len[k] == 0 || p->len[k] > MAX_ID_LEN || memchr(p->seg[k], '/', p->len[k]))
+                return false;
+            memcpy(id, p->seg[k], p->len[k]);
+            id[p->len[k]] = '\0';
+            *has_id = true;
+        } else if (p->len[k] != len || memcmp(p->seg[k], s, len) != 0) {
+            return false;
+        }
+        if (e == NULL)
+            return k + 1 == p->n;
+        s = e + 1;
+    }
 }
 
 static const struct ts_route *
-find_route(const struct ts_http *h, const char *url, struct ts_http_request *req)
+find_route(const struct ts_http *h, const struct path *p, struct ts_http_request *req)
 {
     for (size_t i = 0; i < h->cfg.nroutes; i++) {
-        if (match_route(h->cfg.routes[i].pattern, url, req->id, &req->has_id))
+        if (match_route(h->cfg.routes[i].pattern, p, req->id, &req->has_id))
             return &h->cfg.routes[i];
     }
     req->id[0] = '\0';
@@ -418,7 +492,14 @@ reply_method_not_allowed(struct ts_http_request *req)
 struct header_check {
     const char *content_length; /* the first one seen */
     bool transfer_encoding;
+    unsigned singletons[6];
     const char *problem;
+};
+
+/* Fields with one meaning each: a second one is a request two parsers
+ * would read differently (nginx refuses a second Authorization too). */
+static const char *const singleton_fields[] = {
+    "Host", "Authorization", "Content-Type", "Last-Event-ID", "Transfer-Encoding", "Content-Length",
 };
 
 static enum MHD_Result
@@ -429,18 +510,31 @@ check_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_siz
 
     (void)kind;
     if (strlen(key) != key_size || strlen(value) != value_size ||
-        memchr(value, '\r', value_size) != NULL)
+        memchr(value, '\r', value_size) != NULL) {
         hc->problem = "a header holds a NUL or a bare CR";
-    else if (strpbrk(key, " \t") != NULL)
-        hc->problem = "whitespace in a header name";
-    else if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
-        if (hc->content_length != NULL && strcmp(hc->content_length, value) != 0)
-            hc->problem = "conflicting Content-Length headers";
-        hc->content_length = value;
-    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
-        hc->transfer_encoding = true;
+        return MHD_NO;
     }
-    return hc->problem == NULL ? MHD_YES : MHD_NO;
+    if (strpbrk(key, " \t") != NULL) {
+        hc->problem = "whitespace in a header name";
+        return MHD_NO;
+    }
+    for (size_t i = 0; i < TS_ARRAY_SIZE(singleton_fields); i++) {
+        if (strcasecmp(key, singleton_fields[i]) == 0 && hc->singletons[i]++ > 0) {
+            hc->problem = "a header that may appear once appears twice (Host, Authorization, "
+                          "Content-Type, Last-Event-ID, Transfer-Encoding or Content-Length)";
+            return MHD_NO;
+        }
+    }
+    if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0 &&
+        !ts_http_authority_ok((struct ts_http_str){value, value_size})) {
+        hc->problem = "the Host header is not host[:port] (RFC 9112 section 3.2)";
+        return MHD_NO;
+    }
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+        hc->content_length = value;
+    else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0)
+        hc->transfer_encoding = true;
+    return MHD_YES;
 }
 
 /*
@@ -462,28 +556,30 @@ framing_problem(struct MHD_Connection *conn)
 
 /* First call for a request: headers are in, no body yet. */
 static enum MHD_Result
-begin_request(struct ts_http *h, struct MHD_Connection *conn, const char *url, const char *method,
-              void **req_cls)
+begin_request(struct ts_http *h, struct MHD_Connection *conn, struct ts_http_request *req,
+              const char *method)
 {
-    struct ts_http_request *req;
     const char *clen, *problem;
+    struct path path;
     size_t max_body;
+    bool bad_target;
 
     headers_arrived(h, conn);
-    req = calloc(1, sizeof(*req));
-    if (req == NULL)
-        return MHD_NO;
+    req->begun = true;
     req->http = h;
     req->conn = conn;
     req->method = method;
-    req->route = find_route(h, url, req);
+    bad_target = req->target == NULL || split_target(req->target, &path) != 0;
+    req->route = bad_target ? NULL : find_route(h, &path, req);
     max_body = req->route != NULL ? req->route->max_body : 0;
     if (max_body > h->cfg.max_body)
         max_body = h->cfg.max_body;
     ts_buf_init(&req->body, max_body);
-    *req_cls = req;
 
     problem = framing_problem(conn);
+    if (problem == NULL && bad_target)
+        problem = "the request target is not a path, holds a bad %-escape, or encodes a "
+                  "control character (%00 to %1F, %7F)";
     if (problem != NULL) {
         struct MHD_Response *resp = ts_http_error_response("bad_request", "%s", problem);
 
@@ -514,7 +610,9 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 
     (void)version;
     if (req == NULL)
-        return begin_request(h, conn, url, method, req_cls);
+        return MHD_NO; /* on_uri() ran out of memory */
+    if (!req->begun)
+        return begin_request(h, conn, req, method);
     if (req->answered) {
         *upload_data_size = 0; /* an early answer: discard the body */
         return MHD_YES;
@@ -551,6 +649,7 @@ on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     (void)code;
     if (req != NULL) {
         ts_buf_dispose(&req->body);
+        free(req->target);
         free(req);
         *req_cls = NULL;
     }
@@ -576,15 +675,30 @@ on_mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 /*
- * New connections are accepted and closed at once, so clients fail fast
- * instead of waiting in the backlog. Not MHD_quiesce_daemon(): with a thread
- * pool in epoll mode it races the workers' own epoll bookkeeping in 0.9.75
- * and can abort the process ("Failed to remove listen FD from epoll set").
+ * Our listener closes its socket, so new connections are refused by the
+ * kernel and clients fail fast. Not MHD_quiesce_daemon(): with a thread pool
+ * in epoll mode it races the workers' own epoll bookkeeping in 0.9.75 and can
+ * abort the process ("Failed to remove listen FD from epoll set").
  */
 void
 ts_http_quiesce(struct ts_http *h)
 {
     ts_listener_close(h->listener);
+}
+
+/* Before MHD decodes the target: keep it as sent, for routing. What this
+ * returns is the request's context (req_cls); MHD calls on_completed() for
+ * it whatever happens next. */
+static void *
+on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    struct ts_http_request *req = calloc(1, sizeof(*req));
+
+    (void)cls;
+    (void)conn;
+    if (req != NULL)
+        req->target = strdup(uri); /* NULL: answered as a bad target */
+    return req;
 }
 
 /* The listener's thread hands each connection to MHD (its ITC wakes the
@@ -656,6 +770,7 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
             {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)cfg->connection_memory, NULL},
             {MHD_OPTION_CONNECTION_TIMEOUT, cfg->idle_timeout_s, NULL},
             {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, h},
+            {MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, h},
             {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, h},
             {MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1, NULL},
             /* Refuse what RFC 9112 says a server must refuse (conflicting

@@ -217,7 +217,9 @@ ROWS = [
     ("double-slash", {}, get(b"//v1//tasks"), 404),
     ("absolute-form-target", {}, get(b"http://evil.example/v1/tasks"), (200, 400, 404)),
     ("asterisk-target", {}, get(b"*"), (400, 404)),
-    ("query-garbage", {}, get(b"/v1/tasks?%zz=%&&==&" + b"a" * 1000), 200),
+    # A bad %-escape anywhere in the target is no URI (RFC 3986 2.1): 400.
+    ("query-garbage", {}, get(b"/v1/tasks?%zz=%&&==&" + b"a" * 1000), (400, CLOSE)),
+    ("query-odd-but-valid", {}, get(b"/v1/tasks?&&==&x=%41&" + b"a" * 1000), 200),
 ]
 
 
@@ -305,3 +307,116 @@ def test_content_length_smuggling_runs_no_hidden_task(daemon):
     exchange(d.port, data)
     assert http("GET", d.url + "/v1/tasks").json()["tasks"] == []
     assert_healthy(d)
+
+
+# -- duplicate singleton headers, Host syntax, encoded control bytes: both
+# listeners, whole and split at every few bytes --------------------------
+
+KEY = "drain-key-x"
+
+
+def both_ways(port, data):
+    """The first response status, for `data` sent whole and in 3-byte
+    pieces; both must agree and the server must close after a 400."""
+    statuses = []
+    for chunks in ([data], [data[i:i + 3] for i in range(0, len(data), 3)]):
+        buf, closed = exchange(port, None, chunks=chunks)
+        responses, _ = complete_responses(buf)
+        assert responses, buf[:200]
+        status, headers = responses[0][0], responses[0][1]
+        if status == 400:
+            assert len(responses) == 1, buf[:500]
+            assert closed or headers.get("connection", "").lower() == "close", headers
+        statuses.append(status)
+    assert statuses[0] == statuses[1], statuses
+    return statuses[0]
+
+
+def admin_get(path, extra=b""):
+    return b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n"
+
+
+def drain_post(extra):
+    return (b"POST /drain HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n" + extra + b"\r\n")
+
+
+@pytest.mark.parametrize("extra", [
+    b"Authorization: Bearer " + KEY.encode() + b"\r\nAuthorization: Bearer wrong\r\n",
+    b"Authorization: Bearer wrong\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n",
+    b"Authorization: Bearer " + KEY.encode() + b"\r\nauthorization: Bearer " + KEY.encode() + b"\r\n",
+], ids=["right-then-wrong", "wrong-then-right", "twice-right"])
+def test_duplicate_authorization_never_drains(daemon, extra):
+    d = daemon({"DRAIN_AUTH_KEY": KEY})
+    assert both_ways(d.admin_port, drain_post(extra)) == 400
+    assert d.readyz() == 200, "a request with two Authorization headers drained the process"
+    assert d.metrics().value("graceful_shutdown_requests_total", reason="manual") == 0
+    # One header is fine.
+    assert d.drain(KEY).status == 202
+
+
+@pytest.mark.parametrize("extra", [
+    b"Authorization: Bearer k1\r\nAuthorization: Bearer k1\r\n",
+    b"Last-Event-ID: 1\r\nLast-Event-ID: 2\r\n",
+    b"Content-Type: application/json\r\nContent-Type: text/plain\r\n",
+    b"Host: y\r\n",
+    b"Content-Length: 0\r\nContent-Length: 0\r\n",
+], ids=["authorization", "last-event-id", "content-type", "host", "content-length"])
+def test_duplicate_singleton_headers_are_400_on_both_listeners(daemon, extra):
+    d = daemon({"API_AUTH_KEY": "k1"})
+    assert both_ways(d.port, get(b"/v1/tasks", extra)) == 400
+    assert both_ways(d.admin_port, admin_get(b"/healthz", extra)) == 400
+    assert_healthy_with_key(d, "k1")
+
+
+def assert_healthy_with_key(d, key):
+    assert d.healthz() == 200
+    r = http("POST", d.url + "/v1/tasks", {"kind": "ticker", "count": 1, "interval_ms": 1},
+             headers={"Authorization": f"Bearer {key}"})
+    assert r.status == 202, r
+
+
+@pytest.mark.parametrize("host", [b"a b/c", b"a/b", b"x:99999", b"x:1:2", b"[::1", b"u@x", b"x\x7f"])
+def test_invalid_host_is_400_on_both_listeners(daemon, host):
+    d = daemon()
+    data = b"GET /v1/tasks HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    assert both_ways(d.port, data) == 400
+    assert both_ways(d.admin_port, data.replace(b"/v1/tasks", b"/healthz")) == 400
+    assert_healthy(d)
+
+
+@pytest.mark.parametrize("path", [b"/drain%00", b"/drain%00x", b"/healthz%00", b"/readyz%0a",
+                                  b"/metrics%7f", b"/healthz?x=%00", b"/he%zzalthz", b"/healthz%"])
+def test_encoded_control_bytes_in_admin_paths_are_400(daemon, path):
+    d = daemon({"DRAIN_AUTH_KEY": KEY})
+    auth = b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+    method_line = b"POST " if path.startswith(b"/drain") else b"GET "
+    data = method_line + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n" + auth + b"\r\n"
+    assert both_ways(d.admin_port, data) == 400
+    assert d.readyz() == 200
+
+
+def test_encoded_control_bytes_in_public_paths_are_400(daemon):
+    d = daemon()
+    t = d.submit(count=1, interval_ms=1)
+    d.wait_task(t["id"])
+    tid = t["id"].encode()
+    for path in (b"/v1/tasks/" + tid + b"/events%00", b"/v1/tasks/" + tid + b"%00",
+                 b"/v1/tasks%00/" + tid, b"/v1/tasks/" + tid + b"/events?last_event_id=1%00",
+                 b"/v1/tasks/%1b[31m"):
+        assert both_ways(d.port, get(path)) == 400, path
+    assert_healthy(d)
+
+
+def test_encoded_slash_is_inside_a_segment(daemon):
+    """%2F decodes to a '/' inside one segment; it never separates two, so
+    /v1%2Ftasks is not /v1/tasks, and an id with an encoded '/' is not an id."""
+    d = daemon()
+    t = d.submit(count=1, interval_ms=1)
+    d.wait_task(t["id"])
+    tid = t["id"].encode()
+    assert both_ways(d.port, get(b"/v1%2Ftasks")) == 404
+    assert both_ways(d.port, get(b"/v1/tasks/" + tid[:16] + b"%2F" + tid[16:])) == 404
+    assert both_ways(d.port, get(b"/v1/tasks/" + tid + b"%2Fevents")) == 404
+    # Encoded letters are the letters.
+    assert both_ways(d.port, get(b"/v1/%74asks/" + tid)) == 200
+    assert both_ways(d.admin_port, admin_get(b"/h%65althz")) == 200
