@@ -1255,24 +1255,13 @@ build_argv(const struct command *cmd, const char **values, struct ts_command_exe
     return 0;
 }
 
-/* "unknown command "x" (allowed: a, b)", as much of the list as fits. */
 static void
 unknown_command(const struct command_list *list, const char *name, char *err, size_t errlen)
 {
-    size_t used;
-
-    snprintf(err, errlen, "unknown command \"%.64s\" (allowed: ", name);
-    used = strlen(err);
-    for (size_t i = 0; i < list->ncmds && used < errlen; i++) {
-        int n = snprintf(err + used, errlen - used, "%s%s", i > 0 ? ", " : "", list->cmds[i].name);
-
-        if (n > 0)
-            used += (size_t)n;
-    }
-    if (list->ncmds == 0 && used < errlen)
-        used += (size_t)snprintf(err + used, errlen - used, "none");
-    if (used < errlen)
-        snprintf(err + used, errlen - used, ")");
+    ts_unknown_begin(err, errlen, "command", name);
+    for (size_t i = 0; i < list->ncmds; i++)
+        ts_unknown_add(err, errlen, list->cmds[i].name);
+    ts_unknown_end(err, errlen);
 }
 
 /* ts_command_prepare(), also telling which command (an index). */

@@ -566,25 +566,14 @@ find_kind_locked(struct ts_task_service *svc, const char *name)
     return NULL;
 }
 
-/* "unknown task kind "x" (allowed: ticker, command)". svc->mu held. */
+/* svc->mu held. */
 static void
 unknown_kind_locked(const struct ts_task_service *svc, const char *name, char *err, size_t errlen)
 {
-    size_t used;
-
-    snprintf(err, errlen, "unknown task kind \"%.64s\" (allowed: ", name);
-    used = strlen(err);
-    for (size_t i = 0; i < svc->nkinds && used < errlen; i++) {
-        int n = snprintf(err + used, errlen - used, "%s%s", i > 0 ? ", " : "",
-                         svc->kinds[i]->kind->name);
-
-        if (n > 0)
-            used += (size_t)n;
-    }
-    if (svc->nkinds == 0 && used < errlen)
-        used += (size_t)snprintf(err + used, errlen - used, "none");
-    if (used < errlen)
-        snprintf(err + used, errlen - used, ")");
+    ts_unknown_begin(err, errlen, "task kind", name);
+    for (size_t i = 0; i < svc->nkinds; i++)
+        ts_unknown_add(err, errlen, svc->kinds[i]->kind->name);
+    ts_unknown_end(err, errlen);
 }
 
 /* ---- submit, find, cancel ---- */

@@ -339,3 +339,27 @@ ts_format_time(int64_t wall_ns, char buf[TS_TIME_LEN])
     snprintf(buf + n, TS_TIME_LEN - n, ".%03dZ", (int)(wall_ns % 1000000000 / 1000000));
     return buf;
 }
+
+void
+ts_unknown_begin(char *err, size_t errlen, const char *what, const char *name)
+{
+    snprintf(err, errlen, "unknown %s \"%.64s\" (allowed: ", what, name);
+}
+
+void
+ts_unknown_add(char *err, size_t errlen, const char *allowed)
+{
+    size_t used = strlen(err);
+
+    if (used + 1 < errlen)
+        snprintf(err + used, errlen - used, "%s%s", err[used - 1] == ' ' ? "" : ", ", allowed);
+}
+
+void
+ts_unknown_end(char *err, size_t errlen)
+{
+    size_t used = strlen(err);
+
+    if (used + 1 < errlen)
+        snprintf(err + used, errlen - used, "%s)", err[used - 1] == ' ' ? "none" : "");
+}

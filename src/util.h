@@ -68,4 +68,12 @@ int ts_buf_printf(struct ts_buf *b, const char *fmt, ...) __attribute__((format(
 /* Hand the bytes to the caller (free() them); the buffer is empty after. */
 char *ts_buf_take(struct ts_buf *b, size_t *len);
 
+/*
+ * "unknown <what> "<name>" (allowed: a, b)", as much as fits in err: begin,
+ * add each name that exists, end ("none" when none was added). Any thread.
+ */
+void ts_unknown_begin(char *err, size_t errlen, const char *what, const char *name);
+void ts_unknown_add(char *err, size_t errlen, const char *allowed);
+void ts_unknown_end(char *err, size_t errlen);
+
 #endif
