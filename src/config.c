@@ -252,7 +252,7 @@ static const struct setting settings[] = {
         .env = "RETAINED_BYTES",
         .flag = "--retained-bytes",
         .type = T_SIZE,
-        .def = "256M",
+        .def = "64M",
         .min = MIB,
         .max = 1024 * GIB,
         FIELD(retained_bytes),
