@@ -54,7 +54,8 @@ struct ts_http {
     char *name;
     struct MHD_Daemon *daemon;
     int port;
-    struct ts_listener *listener; /* ours: accept, descriptor exhaustion, quiesce */
+    struct ts_listener *listener;  /* ours: accept, descriptor exhaustion, quiesce */
+    struct ts_series *disconnects; /* http_client_disconnects_total{listener=name} */
     /* Connections handed to MHD and not yet closed: the cap is applied
      * before accept, so that the rest wait in the kernel's queue. */
     atomic_uint conns;
@@ -656,6 +657,24 @@ on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     request_finished(h, conn);
 }
 
+/* libmicrohttpd's words (0.9.75, connection.c) for a peer that closed or
+ * reset the connection under a request or a response. */
+static bool
+client_went_away(const char *msg)
+{
+    static const char *const gone[] = {
+        "The connection was forcibly closed by remote peer",
+        "The socket is no longer available for sending",
+        "The socket is not connected",
+        "Connection was closed by remote side with incomplete request",
+    };
+
+    for (size_t i = 0; i < TS_ARRAY_SIZE(gone); i++)
+        if (strstr(msg, gone[i]) != NULL)
+            return true;
+    return false;
+}
+
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     __attribute__((format(printf, 2, 0)));
 
@@ -670,6 +689,15 @@ on_mhd_log(void *cls, const char *fmt, va_list ap)
     n = strlen(msg);
     while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
+    /* A client that goes away is no warning: thousands leave in a storm.
+     * It is counted, and logged only at debug. */
+    if (client_went_away(msg)) {
+        if (h->disconnects != NULL)
+            ts_series_inc(h->disconnects);
+        ts_log(h->cfg.log, TS_LOG_DEBUG, "client went away", TS_F_STR("listener", h->name),
+               TS_F_STR("detail", msg), TS_F_END);
+        return;
+    }
     ts_log(h->cfg.log, TS_LOG_WARN, "http library", TS_F_STR("listener", h->name),
            TS_F_STR("detail", msg), TS_F_END);
 }
@@ -743,6 +771,11 @@ ts_http_start(struct ts_http **out, const struct ts_http_config *cfg)
     }
     pthread_mutex_init(&h->conns_mu, NULL);
     atomic_init(&h->conns, 0);
+    if (cfg->disconnects != NULL) {
+        const char *label = cfg->name;
+
+        h->disconnects = ts_family_series(cfg->disconnects, &label);
+    }
 
     fd = ts_listen_socket(cfg->listen, cfg->setting, &h->port, err, sizeof(err));
     if (fd < 0) {

@@ -62,6 +62,7 @@ struct ts_http_config {
     struct ts_drain_view drain;
     struct ts_clock clock;
     struct ts_family *requests_total; /* http_requests_total{listener,route,code} */
+    struct ts_family *disconnects;    /* http_client_disconnects_total{listener} */
     struct ts_log *log;
 };
 

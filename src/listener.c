@@ -279,8 +279,10 @@ accept_all(struct ts_listener *l)
         fd = take(l, &ss, &len);
         if (fd < 0) {
             err = errno;
-            if (err == EAGAIN || err == EWOULDBLOCK)
-                return ACCEPTED_ALL; /* the next turn refills */
+            if (err == EAGAIN || err == EWOULDBLOCK) {
+                reserve_refill(l->cfg.reserve); /* the slot spent for nothing */
+                return ACCEPTED_ALL;
+            }
             if (err == EINTR || err == ECONNABORTED || err == EPROTO || err == EPERM)
                 continue;
             note_exhausted(l, false);

@@ -85,6 +85,7 @@ register_metrics(struct ts_server *srv)
     static const char *const http_labels[] = {"listener", "route", "code"};
     static const char *const reason_label[] = {"reason"};
     static const char *const result_label[] = {"result"};
+    static const char *const listener_label[] = {"listener"};
     static const char *const ok[] = {"ok"}, *const failed[] = {"failed"};
     struct ts_metrics *m = srv->metrics;
     struct ts_family *reloads;
@@ -92,6 +93,11 @@ register_metrics(struct ts_server *srv)
     srv->http_requests = ts_metrics_family(m, TS_METRIC_COUNTER, "http_requests_total",
                                            "HTTP responses sent, by listener, route and status.", 3,
                                            http_labels, NULL, 0);
+    srv->http_disconnects = ts_metrics_family(
+        m, TS_METRIC_COUNTER, "http_client_disconnects_total",
+        "Connections the client closed or reset while a request or response was under way "
+        "(e.g. a reader of a stream that went away), by listener.",
+        1, listener_label, NULL, 0);
     srv->drain_requests =
         ts_metrics_family(m, TS_METRIC_COUNTER, "graceful_shutdown_requests_total",
                           "Drains begun, by reason (signal or manual).", 1, reason_label, NULL, 0);
@@ -121,9 +127,9 @@ register_metrics(struct ts_server *srv)
         if (ts_family_series(srv->drain_requests, &reason) == NULL)
             return -ENOMEM;
     }
-    if (srv->http_requests == NULL || srv->drain_requests == NULL ||
-        srv->drain_auth_failures == NULL || srv->shutdown_duration == NULL ||
-        srv->reloads_ok == NULL || srv->reloads_failed == NULL)
+    if (srv->http_requests == NULL || srv->http_disconnects == NULL ||
+        srv->drain_requests == NULL || srv->drain_auth_failures == NULL ||
+        srv->shutdown_duration == NULL || srv->reloads_ok == NULL || srv->reloads_failed == NULL)
         return -ENOMEM;
     return ts_metrics_gauge_fn(m, "graceful_shutdown_draining",
                                "1 while the process is draining or stopping, else 0.",
@@ -312,6 +318,7 @@ ts_server_start(struct ts_server *srv)
         .drain = srv->drain,
         .clock = srv->clock,
         .requests_total = srv->http_requests,
+        .disconnects = srv->http_disconnects,
         .log = srv->log,
     };
     /* Probes and scrapes: few connections, small requests, one thread. */

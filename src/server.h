@@ -35,8 +35,9 @@ struct ts_server {
     bool started;
 
     int drain_sub;
-    struct ts_family *http_requests;  /* http_requests_total{listener,route,code} */
-    struct ts_family *drain_requests; /* graceful_shutdown_requests_total{reason} */
+    struct ts_family *http_requests;    /* http_requests_total{listener,route,code} */
+    struct ts_family *http_disconnects; /* http_client_disconnects_total{listener} */
+    struct ts_family *drain_requests;   /* graceful_shutdown_requests_total{reason} */
     struct ts_series *drain_auth_failures;
     struct ts_series *reloads_ok, *reloads_failed; /* config_reloads_total{result} */
     struct ts_series *shutdown_duration;           /* task_graceful_shutdown_duration_seconds */

@@ -3,6 +3,8 @@ the end, heartbeats, cancellation, slow and dead consumers."""
 
 import json
 import random
+import socket
+import struct
 import time
 
 import pytest
@@ -373,3 +375,23 @@ def test_head_on_events_leaks_no_stream(daemon):
     wait_for(lambda: d.metrics().value("sse_streams_active") == 0, scaled(5),
              what="no stream left open by HEAD")
     d.wait_task(t["id"])
+
+
+def test_readers_that_go_away_are_counted_not_warned(daemon):
+    """Readers that reset their connection mid-stream: no warning line each
+    (a reconnect storm would flood the log), a count in
+    http_client_disconnects_total instead; the task goes on."""
+    d = daemon()
+    t = d.submit(count=400, interval_ms=5, payload_bytes=2000)
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=scaled(5))
+        s.sendall(f"GET /v1/tasks/{t['id']}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        # RST instead of FIN: the next write of the stream fails.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    wait_for(lambda: d.metrics().value("http_client_disconnects_total", listener="public") >= 5,
+             scaled(10), what="five disconnects counted")
+    assert d.metrics().value("http_client_disconnects_total", listener="admin") == 0
+    assert not [e for e in d.logs() if e.get("level") == "warn"], d.raw_stderr()[-2000:]
+    assert d.wait_task(t["id"], timeout=scaled(30))["state"] == "succeeded"
