@@ -346,10 +346,14 @@ ts_listener_start(struct ts_listener **out, const struct ts_listener_config *cfg
         err = l->name == NULL ? -ENOMEM : -errno;
         goto out_free;
     }
-    err = -pthread_create(&l->thread, NULL, accept_main, l);
-    if (err != 0)
-        goto out_free;
+    /* Published before the thread starts: the owner's callbacks (MHD's
+     * threads, which get connections from it) may use *out at once. */
     *out = l;
+    err = -pthread_create(&l->thread, NULL, accept_main, l);
+    if (err != 0) {
+        *out = NULL;
+        goto out_free;
+    }
     return 0;
 
 out_free:

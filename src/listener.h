@@ -59,7 +59,8 @@ struct ts_listener_config {
     struct ts_log *log;
 };
 
-/* Start accepting. On error the descriptor is closed. */
+/* Start accepting. *out is set before the first connection is handed over
+ * (NULL again on error). On error the descriptor is closed. */
 int ts_listener_start(struct ts_listener **out, const struct ts_listener_config *cfg);
 
 /* Stop accepting and close the socket: once it returns, nothing more is
