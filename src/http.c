@@ -379,38 +379,23 @@ split_target(const char *target, struct path *p)
     memset(p, 0, sizeof(*p));
     if (end == 0 || target[0] != '/')
         return -EINVAL;
-    if (q != NULL) { /* the query is MHD's to parse, but must be as clean */
-        struct ts_http_str query = {q + 1, strlen(q + 1)};
-        char *scratch = malloc(query.len + 1);
-        long ok = scratch != NULL ? ts_http_segment_decode(query, scratch) : 0;
-
-        free(scratch);
-        if (ok < 0)
-            return -EINVAL;
-    }
+    /* The query is MHD's to parse, but must be as clean. */
+    if (q != NULL && ts_http_segment_decode((struct ts_http_str){q + 1, strlen(q + 1)}, NULL) < 0)
+        return -EINVAL;
     for (;;) {
         const char *slash = memchr(target + i, '/', end - i);
         size_t seglen = (slash != NULL ? (size_t)(slash - target) : end) - i;
         struct ts_http_str raw = {target + i, seglen};
-        char buf[SEGMENT_MAX];
-        long n;
+        /* Past what any route has, still checked: a bad one is a 400 wherever it is. */
+        bool keep = seglen < SEGMENT_MAX && p->n < SEGMENTS_MAX;
+        long n = ts_http_segment_decode(raw, keep ? p->seg[p->n] : NULL);
 
-        if (seglen >= SEGMENT_MAX || p->n == SEGMENTS_MAX) {
-            char *big = malloc(seglen + 1);
-
-            /* Still decoded, so that a bad one is a 400 wherever it is. */
-            n = big != NULL ? ts_http_segment_decode(raw, big) : 0;
-            free(big);
-            if (n < 0)
-                return -EINVAL;
-            p->too_deep = true;
-        } else {
-            n = ts_http_segment_decode(raw, buf);
-            if (n < 0)
-                return -EINVAL;
-            memcpy(p->seg[p->n], buf, (size_t)n);
+        if (n < 0)
+            return -EINVAL;
+        if (keep)
             p->len[p->n++] = (size_t)n;
-        }
+        else
+            p->too_deep = true;
         if (slash == NULL)
             return 0;
         i += seglen + 1;
@@ -493,14 +478,10 @@ reply_method_not_allowed(struct ts_http_request *req)
 struct header_check {
     const char *content_length; /* the first one seen */
     bool transfer_encoding;
-    unsigned singletons[6];
+    unsigned singletons[TS_HTTP_SINGLETONS]; /* a second one is read differently by two
+                                              * parsers (nginx refuses a second
+                                              * Authorization too) */
     const char *problem;
-};
-
-/* Fields with one meaning each: a second one is a request two parsers
- * would read differently (nginx refuses a second Authorization too). */
-static const char *const singleton_fields[] = {
-    "Host", "Authorization", "Content-Type", "Last-Event-ID", "Transfer-Encoding", "Content-Length",
 };
 
 static enum MHD_Result
@@ -508,6 +489,7 @@ check_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_siz
              const char *value, size_t value_size)
 {
     struct header_check *hc = cls;
+    int s;
 
     (void)kind;
     if (strlen(key) != key_size || strlen(value) != value_size ||
@@ -519,12 +501,11 @@ check_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_siz
         hc->problem = "whitespace in a header name";
         return MHD_NO;
     }
-    for (size_t i = 0; i < TS_ARRAY_SIZE(singleton_fields); i++) {
-        if (strcasecmp(key, singleton_fields[i]) == 0 && hc->singletons[i]++ > 0) {
-            hc->problem = "a header that may appear once appears twice (Host, Authorization, "
-                          "Content-Type, Last-Event-ID, Transfer-Encoding or Content-Length)";
-            return MHD_NO;
-        }
+    s = ts_http_singleton((struct ts_http_str){key, key_size});
+    if (s >= 0 && hc->singletons[s]++ > 0) {
+        hc->problem = "a header that may appear once appears twice (Host, Authorization, "
+                      "Content-Type, Last-Event-ID, Transfer-Encoding or Content-Length)";
+        return MHD_NO;
     }
     if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0 &&
         !ts_http_authority_ok((struct ts_http_str){value, value_size})) {

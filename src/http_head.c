@@ -380,37 +380,44 @@ list_has(struct ts_http_str v, const char *tok)
 
 /* The fields that decide framing, routing or authentication: exactly one
  * meaning each, so they may appear at most once. */
-static const char *const singletons[] = {"host",          "content-length", "transfer-encoding",
-                                         "authorization", "content-type",   "last-event-id"};
+static const char *const singletons[TS_HTTP_SINGLETONS] = {
+    "host", "content-length", "transfer-encoding", "authorization", "content-type", "last-event-id",
+};
+
+int
+ts_http_singleton(struct ts_http_str name)
+{
+    for (int i = 0; i < TS_HTTP_SINGLETONS; i++)
+        if (str_is(name, singletons[i]))
+            return i;
+    return -1;
+}
 
 static int
 check_fields(struct ts_http_head *h, const char **why)
 {
     const struct ts_http_str *host = NULL, *cl = NULL, *te = NULL;
-    unsigned seen[sizeof(singletons) / sizeof(singletons[0])] = {0};
+    unsigned seen[TS_HTTP_SINGLETONS] = {0};
     bool close = false, keep_alive = false;
 
     for (size_t i = 0; i < h->nfields; i++) {
         const struct ts_http_field *f = &h->fields[i];
+        int s = ts_http_singleton(f->name);
 
-        for (size_t s = 0; s < sizeof(singletons) / sizeof(singletons[0]); s++) {
-            if (!str_is(f->name, singletons[s]))
-                continue;
-            if (seen[s]++ > 0) {
-                if (s == 0)
-                    ERR(400, "the request has more than one Host field (RFC 9112 section 3.2)");
-                if (s == 1 || s == 2)
-                    ERR(400, "the request repeats a framing field (Content-Length or "
-                             "Transfer-Encoding)");
-                ERR(400, "the request repeats a field that may appear once (Authorization, "
-                         "Content-Type or Last-Event-ID)");
-            }
+        if (s >= 0 && seen[s]++ > 0) {
+            if (s == 0)
+                ERR(400, "the request has more than one Host field (RFC 9112 section 3.2)");
+            if (s == 1 || s == 2)
+                ERR(400, "the request repeats a framing field (Content-Length or "
+                         "Transfer-Encoding)");
+            ERR(400, "the request repeats a field that may appear once (Authorization, "
+                     "Content-Type or Last-Event-ID)");
         }
-        if (str_is(f->name, "host"))
+        if (s == 0)
             host = &f->value;
-        else if (str_is(f->name, "content-length"))
+        else if (s == 1)
             cl = &f->value;
-        else if (str_is(f->name, "transfer-encoding"))
+        else if (s == 2)
             te = &f->value;
         else if (str_is(f->name, "connection")) {
             close |= list_has(f->value, "close");
@@ -514,7 +521,9 @@ ts_http_segment_decode(struct ts_http_str seg, char *out)
         }
         if (c < 0x20 || c == 0x7f)
             return -EINVAL;
-        out[n++] = (char)c;
+        if (out != NULL)
+            out[n] = (char)c;
+        n++;
     }
     return (long)n;
 }

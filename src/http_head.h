@@ -121,6 +121,13 @@ int ts_http_head_scan(struct ts_http_scan *sc, const char *buf, size_t len,
 int ts_http_head_parse(struct ts_http_head *h, const struct ts_http_scan *sc, const char *buf,
                        size_t head_len, const struct ts_http_limits *lim, const char **why);
 
+/* The fields that decide framing, routing or authentication, which may
+ * appear once: Host, Content-Length, Transfer-Encoding, Authorization,
+ * Content-Type, Last-Event-ID. Returns the field's index among them (below
+ * TS_HTTP_SINGLETONS), or -1 for any other name (case-insensitive). */
+#define TS_HTTP_SINGLETONS 6
+int ts_http_singleton(struct ts_http_str name);
+
 /* Is `a` host[:port] as RFC 9112 section 3.2 takes it (an IP literal in
  * brackets or a reg-name, an optional port up to 65535; empty is allowed)? */
 bool ts_http_authority_ok(struct ts_http_str a);
@@ -131,7 +138,7 @@ const struct ts_http_str *ts_http_head_field(const struct ts_http_head *h, const
 
 /*
  * Decode the %-escapes of one path segment `seg` (no '/' in it) into `out`
- * (room for seg.len bytes). A segment is the text between two '/' of the raw
+ * (room for seg.len bytes; NULL only checks). A segment is the text between two '/' of the raw
  * path, so "%2F" is a '/' inside a segment, never a separator. Returns the
  * decoded length, or -EINVAL for a bad escape or a decoded control byte
  * (0x00-0x1F, 0x7F), which no route takes.
