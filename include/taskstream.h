@@ -92,7 +92,7 @@ struct ts_config {
     size_t max_header_bytes;         /* per-connection memory for request line + headers */
     int64_t idle_timeout_ms;         /* idle keep-alive / stalled connection */
     int64_t header_timeout_ms;       /* request line + headers must arrive within this */
-    unsigned http_threads;           /* libmicrohttpd threads on the public listener */
+    unsigned http_threads;           /* loop threads of the public listener */
 
     char *commands_file; /* JSON allow-list of command tasks; NULL: none */
     /* The environment that command tasks' "env.allow" lists copy from, once,

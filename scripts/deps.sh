@@ -5,7 +5,7 @@
 set -eu
 
 # xxd embeds the dashboard (web/) into the binary at build time.
-build="cmake ninja-build gcc clang pkg-config libmicrohttpd-dev libjansson-dev uthash-dev libsystemd-dev xxd"
+build="cmake ninja-build gcc clang pkg-config libjansson-dev uthash-dev libsystemd-dev xxd"
 # chromium, nginx, node: the real clients and proxy of tests/e2e (the npm
 # packages they use are installed by the tests from their lockfile).
 test="$build libcmocka-dev python3 python3-pytest python3-yaml python3-h11 curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx"

@@ -17,56 +17,50 @@
 
 #define DRAIN_BODY_MAX 4096
 
-static enum MHD_Result
+static void
 get_healthz(void *app, struct ts_http_request *req, const char *id)
 {
     (void)app;
     (void)id;
-    return ts_http_reply_json(req, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));
+    { ts_http_reply_json(req, 200, json_pack("{s:s}", "status", "ok")); return; }
 }
 
-static enum MHD_Result
+static void
 get_readyz(void *app, struct ts_http_request *req, const char *id)
 {
     struct ts_server *srv = app;
 
     (void)id;
     if (ts_drain_is_draining(&srv->drain))
-        return ts_http_reply_json(req, MHD_HTTP_SERVICE_UNAVAILABLE,
-                                  json_pack("{s:s}", "status", "draining"));
-    return ts_http_reply_json(req, MHD_HTTP_OK, json_pack("{s:s}", "status", "ready"));
+        { ts_http_reply_json(req, 503,
+                                  json_pack("{s:s}", "status", "draining")); return; }
+    { ts_http_reply_json(req, 200, json_pack("{s:s}", "status", "ready")); return; }
 }
 
-static enum MHD_Result
+static void
 get_metrics(void *app, struct ts_http_request *req, const char *id)
 {
     struct ts_server *srv = app;
-    struct MHD_Response *resp;
     char *text;
     size_t len;
 
     (void)id;
     if (ts_metrics_render(srv->metrics, &text, &len) != 0)
-        return ts_http_reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "out_of_memory",
-                                   "cannot render the metrics");
-    resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-    if (resp == NULL) {
-        free(text);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, TS_METRICS_CONTENT_TYPE);
-    return ts_http_queue(req, MHD_HTTP_OK, resp);
+        { ts_http_reply_error(req, 500, "out_of_memory",
+                                   "cannot render the metrics"); return; }
+    ts_http_reply(req, 200, TS_METRICS_CONTENT_TYPE, text, len);
+    free(text);
 }
 
 /* Fail closed without a key; 401 with a challenge for a missing or wrong
  * one. Returns true when the request may go on; otherwise it was answered. */
 static bool
-authorized(struct ts_server *srv, struct ts_http_request *req, enum MHD_Result *ret)
+authorized(struct ts_server *srv, struct ts_http_request *req)
 {
     int rc = ts_server_check_key(srv, TS_SERVER_KEY_DRAIN, req);
 
     if (rc == -ENOENT) {
-        *ret = ts_http_reply_error(req, MHD_HTTP_FORBIDDEN, "drain_disabled",
+        ts_http_reply_error(req, 403, "drain_disabled",
                                    "no DRAIN_AUTH_KEY is configured, so /drain is disabled");
         return false;
     }
@@ -75,37 +69,35 @@ authorized(struct ts_server *srv, struct ts_http_request *req, enum MHD_Result *
     ts_series_inc(srv->drain_auth_failures);
     ts_log(srv->log, TS_LOG_WARN, "drain request refused: missing or wrong key",
            TS_F_STR("method", ts_http_method(req)), TS_F_END);
-    *ret = ts_http_reply_unauthorized(req, "taskstream-admin", "drain key");
+    ts_http_reply_unauthorized(req, "taskstream-admin", "drain key");
     return false;
 }
 
-static enum MHD_Result
+static void
 post_drain(void *app, struct ts_http_request *req, const char *id)
 {
     struct ts_server *srv = app;
-    enum MHD_Result ret;
 
     (void)id;
-    if (!authorized(srv, req, &ret))
-        return ret;
+    if (!authorized(srv, req))
+        return;
     ts_coordinator_drain(srv->coord);
-    return ts_http_reply_json(req, MHD_HTTP_ACCEPTED, ts_server_state_json(srv));
+    { ts_http_reply_json(req, 202, ts_server_state_json(srv)); return; }
 }
 
-static enum MHD_Result
+static void
 delete_drain(void *app, struct ts_http_request *req, const char *id)
 {
     struct ts_server *srv = app;
-    enum MHD_Result ret;
 
     (void)id;
-    if (!authorized(srv, req, &ret))
-        return ret;
+    if (!authorized(srv, req))
+        return;
     if (ts_coordinator_undrain(srv->coord) != 0)
-        return ts_http_reply_error(req, MHD_HTTP_CONFLICT, "shutting_down",
-                                   "the process is shutting down and cannot return to serving");
+        { ts_http_reply_error(req, 409, "shutting_down",
+                                   "the process is shutting down and cannot return to serving"); return; }
     ts_log(srv->log, TS_LOG_INFO, "manual drain cancelled, serving again", TS_F_END);
-    return ts_http_reply_json(req, MHD_HTTP_OK, ts_server_state_json(srv));
+    { ts_http_reply_json(req, 200, ts_server_state_json(srv)); return; }
 }
 
 const struct ts_route ts_admin_routes[] = {

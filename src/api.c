@@ -24,23 +24,20 @@
 
 /* Optional API key. Returns true when the request may go on. */
 static bool
-api_authorized(struct ts_server *srv, struct ts_http_request *req, enum MHD_Result *ret)
+api_authorized(struct ts_server *srv, struct ts_http_request *req)
 {
     if (ts_server_check_key(srv, TS_SERVER_KEY_API, req) != -EACCES)
         return true;
-    *ret = ts_http_reply_unauthorized(req, "taskstream", "API key");
+    ts_http_reply_unauthorized(req, "taskstream", "API key");
     return false;
 }
 
-static enum MHD_Result
+static void
 reply_with_retry(struct ts_http_request *req, unsigned status, const char *retry_after,
                  const char *code, const char *msg)
 {
-    struct MHD_Response *resp = ts_http_error_response(code, "%s", msg);
-
-    if (resp != NULL)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
-    return ts_http_queue(req, status, resp);
+    ts_http_add_header(req, "Retry-After", retry_after);
+    ts_http_reply_error(req, status, code, "%s", msg);
 }
 
 static bool
@@ -53,39 +50,37 @@ is_json_type(const char *ctype)
            (ctype[n] == '\0' || ctype[n] == ';' || ctype[n] == ' ');
 }
 
-static enum MHD_Result
+static void
 post_task(void *app, struct ts_http_request *req, const char *id)
 {
     struct ts_server *srv = app;
     struct ts_task *task;
-    struct MHD_Response *resp;
     json_error_t jerr;
     json_t *body;
     const char *text;
     char err[256], location[64];
-    enum MHD_Result ret;
     size_t len;
     int rc;
 
     (void)id;
-    if (!api_authorized(srv, req, &ret))
-        return ret;
+    if (!api_authorized(srv, req))
+        return;
     if (ts_drain_is_draining(&srv->drain))
-        return reply_with_retry(req, MHD_HTTP_SERVICE_UNAVAILABLE, RETRY_AFTER_DRAINING, "draining",
-                                "the server is draining; retry on another instance");
-    if (!is_json_type(ts_http_header(req, MHD_HTTP_HEADER_CONTENT_TYPE)))
-        return ts_http_reply_error(req, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
-                                   "send the task as Content-Type: application/json");
+        { reply_with_retry(req, 503, RETRY_AFTER_DRAINING, "draining",
+                                "the server is draining; retry on another instance"); return; }
+    if (!is_json_type(ts_http_header(req, "Content-Type")))
+        { ts_http_reply_error(req, 415, "unsupported_media_type",
+                                   "send the task as Content-Type: application/json"); return; }
     text = ts_http_body(req, &len);
     body = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (body == NULL)
-        return ts_http_reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_json",
+        { ts_http_reply_error(req, 400, "invalid_json",
                                    "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
-                                   jerr.text);
+                                   jerr.text); return; }
     if (!json_is_object(body)) {
         json_decref(body);
-        return ts_http_reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid_task",
-                                   "the body must be a JSON object with a \"kind\"");
+        { ts_http_reply_error(req, 422, "invalid_task",
+                                   "the body must be a JSON object with a \"kind\""); return; }
     }
 
     rc = ts_task_submit(srv->tasks, body, &task, err, sizeof(err));
@@ -94,36 +89,34 @@ post_task(void *app, struct ts_http_request *req, const char *id)
     case 0:
         break;
     case -ESHUTDOWN:
-        return reply_with_retry(req, MHD_HTTP_SERVICE_UNAVAILABLE, RETRY_AFTER_DRAINING, "draining",
-                                err);
+        { reply_with_retry(req, 503, RETRY_AFTER_DRAINING, "draining",
+                                err); return; }
     case -EAGAIN:
-        return reply_with_retry(req, MHD_HTTP_TOO_MANY_REQUESTS, RETRY_AFTER_QUEUE_FULL,
-                                "queue_full", err);
+        { reply_with_retry(req, 429, RETRY_AFTER_QUEUE_FULL,
+                                "queue_full", err); return; }
     case -ENOSPC:
-        return reply_with_retry(req, MHD_HTTP_SERVICE_UNAVAILABLE, RETRY_AFTER_QUEUE_FULL,
-                                "retained_bytes", err);
+        { reply_with_retry(req, 503, RETRY_AFTER_QUEUE_FULL,
+                                "retained_bytes", err); return; }
     case -ENOENT:
-        return ts_http_reply_error(req, MHD_HTTP_NOT_FOUND, "unknown_kind", "%s", err);
+        { ts_http_reply_error(req, 404, "unknown_kind", "%s", err); return; }
     case -EINVAL:
-        return ts_http_reply_error(req, MHD_HTTP_UNPROCESSABLE_CONTENT, "invalid_parameters", "%s",
-                                   err);
+        { ts_http_reply_error(req, 422, "invalid_parameters", "%s",
+                                   err); return; }
     default:
-        return ts_http_reply_error(req, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
-                                   "cannot create the task: %s", ts_strerror(rc));
+        { ts_http_reply_error(req, 500, "internal",
+                                   "cannot create the task: %s", ts_strerror(rc)); return; }
     }
 
     snprintf(location, sizeof(location), "/v1/tasks/%s", ts_task_get_id(task));
-    resp = ts_http_json_response(ts_task_to_json(task));
+    ts_http_add_header(req, "Location", location);
+    ts_http_reply_json(req, 202, ts_task_to_json(task));
     ts_task_unref(task);
-    if (resp != NULL)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, location);
-    return ts_http_queue(req, MHD_HTTP_ACCEPTED, resp);
 }
 
 #define LIST_LIMIT_MAX 10000
 
 /* GET /v1/tasks[?state=running[,queued...]][&limit=N]: newest first. */
-static enum MHD_Result
+static void
 get_tasks(void *app, struct ts_http_request *req, const char *id)
 {
     struct ts_server *srv = app;
@@ -131,122 +124,110 @@ get_tasks(void *app, struct ts_http_request *req, const char *id)
     const char *limit = ts_http_query(req, "limit");
     uint64_t n = LIST_LIMIT_MAX;
     unsigned states = 0;
-    enum MHD_Result ret;
 
     (void)id;
-    if (!api_authorized(srv, req, &ret))
-        return ret;
+    if (!api_authorized(srv, req))
+        return;
     if (state != NULL && ts_task_parse_states(state, &states) != 0)
-        return ts_http_reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_query",
+        { ts_http_reply_error(req, 400, "invalid_query",
                                    "state must be a comma-separated list of queued, running, "
-                                   "succeeded, failed, cancelled");
+                                   "succeeded, failed, cancelled"); return; }
     if (limit != NULL && ts_parse_uint(limit, 1, LIST_LIMIT_MAX, &n) != 0)
-        return ts_http_reply_error(req, MHD_HTTP_BAD_REQUEST, "invalid_query",
-                                   "limit must be a whole number from 1 to %d", LIST_LIMIT_MAX);
-    return ts_http_reply_json(
-        req, MHD_HTTP_OK,
-        json_pack("{s:o}", "tasks", ts_task_service_list(srv->tasks, states, (size_t)n)));
+        { ts_http_reply_error(req, 400, "invalid_query",
+                                   "limit must be a whole number from 1 to %d", LIST_LIMIT_MAX); return; }
+    { ts_http_reply_json(
+        req, 200,
+        json_pack("{s:o}", "tasks", ts_task_service_list(srv->tasks, states, (size_t)n))); return; }
 }
 
 /* GET /v1/commands: the allow-listed commands and their parameters (no
  * argv, no environment: those are the operator's). */
-static enum MHD_Result
+static void
 get_commands(void *app, struct ts_http_request *req, const char *id)
 {
     struct ts_server *srv = app;
-    enum MHD_Result ret;
 
     (void)id;
-    if (!api_authorized(srv, req, &ret))
-        return ret;
-    return ts_http_reply_json(
-        req, MHD_HTTP_OK,
+    if (!api_authorized(srv, req))
+        return;
+    { ts_http_reply_json(
+        req, 200,
         json_pack("{s:o}", "commands",
-                  srv->commands != NULL ? ts_commands_to_json(srv->commands) : json_array()));
+                  srv->commands != NULL ? ts_commands_to_json(srv->commands) : json_array())); return; }
 }
 
 /* The task named by the path, or NULL after answering 404. */
 static struct ts_task *
-find_task(struct ts_server *srv, struct ts_http_request *req, const char *id, enum MHD_Result *ret)
+find_task(struct ts_server *srv, struct ts_http_request *req, const char *id)
 {
     struct ts_task *task = NULL;
 
     if (ts_is_task_id(id))
         task = ts_task_find(srv->tasks, id);
     if (task == NULL)
-        *ret = ts_http_reply_error(req, MHD_HTTP_NOT_FOUND, "unknown_task",
+        ts_http_reply_error(req, 404, "unknown_task",
                                    "no task with id \"%.64s\" (ids are 32 lowercase hex digits; "
                                    "finished tasks are kept for a while, then forgotten)",
                                    id);
     return task;
 }
 
-static enum MHD_Result
+static void
 get_task(void *app, struct ts_http_request *req, const char *id)
 {
     struct ts_server *srv = app;
     struct ts_task *task;
-    enum MHD_Result ret;
 
-    if (!api_authorized(srv, req, &ret))
-        return ret;
-    task = find_task(srv, req, id, &ret);
+    if (!api_authorized(srv, req))
+        return;
+    task = find_task(srv, req, id);
     if (task == NULL)
-        return ret;
-    ret = ts_http_reply_json(req, MHD_HTTP_OK, ts_task_to_json(task));
+        return;
+    ts_http_reply_json(req, 200, ts_task_to_json(task));
     ts_task_unref(task);
-    return ret;
 }
 
-static enum MHD_Result
+static void
 delete_task(void *app, struct ts_http_request *req, const char *id)
 {
     struct ts_server *srv = app;
     struct ts_task *task;
-    enum MHD_Result ret;
 
-    if (!api_authorized(srv, req, &ret))
-        return ret;
-    task = find_task(srv, req, id, &ret);
+    if (!api_authorized(srv, req))
+        return;
+    task = find_task(srv, req, id);
     if (task == NULL)
-        return ret;
+        return;
     if (ts_task_cancel(srv->tasks, task) == -EALREADY)
-        ret = ts_http_reply_error(req, MHD_HTTP_CONFLICT, "already_finished",
+        ts_http_reply_error(req, 409, "already_finished",
                                   "task %s has already finished", id);
     else
-        ret = ts_http_reply_json(req, MHD_HTTP_ACCEPTED, ts_task_to_json(task));
+        ts_http_reply_json(req, 202, ts_task_to_json(task));
     ts_task_unref(task);
-    return ret;
 }
 
-static enum MHD_Result
+static void
 get_events(void *app, struct ts_http_request *req, const char *id)
 {
     struct ts_server *srv = app;
-    struct MHD_Response *resp;
     struct ts_task *task;
-    enum MHD_Result ret;
     const char *lei;
     uint64_t last_id = 0;
     bool has_last_id;
-    unsigned status;
 
-    if (!api_authorized(srv, req, &ret))
-        return ret;
-    task = find_task(srv, req, id, &ret);
+    if (!api_authorized(srv, req))
+        return;
+    task = find_task(srv, req, id);
     if (task == NULL)
-        return ret;
+        return;
     /* The header wins: it is what a reconnecting EventSource sends. */
     lei = ts_http_header(req, "Last-Event-ID");
     if (lei == NULL)
         lei = ts_http_query(req, "last_event_id");
     has_last_id = lei != NULL && ts_parse_last_event_id(lei, &last_id) == 0;
 
-    status = ts_sse_open(srv->sse, ts_http_connection(req), task, has_last_id, last_id, &resp);
+    ts_sse_open(srv->sse, req, task, has_last_id, last_id);
     ts_task_unref(task);
-    if (status == 0)
-        return MHD_NO;
-    return ts_http_queue(req, status, resp);
 }
 
 const struct ts_route ts_api_routes[] = {

@@ -5,7 +5,7 @@
  * `xxd -i` into <build>/web/web_<name>.inc), so the daemon never reads a file at run
  * time and the page is exactly the one the binary was built with. The files
  * live in a const table; nothing here is mutable or allocated per request
- * beyond MHD's response object.
+ * beyond the response the front copies them into.
  *
  * Every answer carries a strict Content-Security-Policy (scripts and styles
  * only from this origin, no inline code, no framing), nosniff, and
@@ -15,7 +15,7 @@
  * the files are a few kilobytes.
  *
  * The page uses only the public API (GET/POST /v1/tasks and the event
- * streams) from the browser; it has no privileges of its own. MHD threads.
+ * streams) from the browser; it has no privileges of its own. Loop threads.
  */
 #include <stdio.h>
 #include <string.h>
@@ -94,53 +94,44 @@ etag_matches(const char *if_none_match, const char *etag)
 }
 
 static void
-add_headers(struct MHD_Response *resp, const struct asset *a, const char *etag)
+add_headers(struct ts_http_request *req, const char *etag)
 {
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, a->type);
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
-    MHD_add_response_header(resp, "Content-Security-Policy", csp);
-    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
-    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+    ts_http_add_header(req, "Cache-Control", "no-cache");
+    ts_http_add_header(req, "ETag", etag);
+    ts_http_add_header(req, "Content-Security-Policy", csp);
+    ts_http_add_header(req, "X-Content-Type-Options", "nosniff");
+    ts_http_add_header(req, "Referrer-Policy", "no-referrer");
 }
 
-static enum MHD_Result
+static void
 serve(struct ts_http_request *req, const struct asset *a)
 {
-    struct MHD_Response *resp;
-    unsigned status = MHD_HTTP_OK;
     char etag[48];
 
     format_etag(a, etag, sizeof(etag));
-    if (etag_matches(ts_http_header(req, MHD_HTTP_HEADER_IF_NONE_MATCH), etag)) {
-        status = MHD_HTTP_NOT_MODIFIED;
-        resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-    } else {
-        /* PERSISTENT: MHD neither copies nor frees the const bytes. */
-        resp = MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
-    }
-    if (resp == NULL)
-        return MHD_NO;
-    add_headers(resp, a, etag);
-    return ts_http_queue(req, status, resp);
+    add_headers(req, etag);
+    if (etag_matches(ts_http_header(req, "If-None-Match"), etag))
+        ts_http_reply(req, 304, NULL, NULL, 0);
+    else
+        ts_http_reply(req, 200, a->type, a->data, a->len);
 }
 
-enum MHD_Result
+void
 ts_dashboard_page(void *app, struct ts_http_request *req, const char *id)
 {
     (void)app;
     (void)id;
-    return serve(req, &page);
+    { serve(req, &page); return; }
 }
 
-enum MHD_Result
+void
 ts_dashboard_asset(void *app, struct ts_http_request *req, const char *id)
 {
     (void)app;
     for (size_t i = 0; i < TS_ARRAY_SIZE(assets); i++) {
         if (strcmp(assets[i].name, id) == 0)
-            return serve(req, &assets[i]);
+            { serve(req, &assets[i]); return; }
     }
-    return ts_http_reply_error(req, MHD_HTTP_NOT_FOUND, "not_found",
-                               "no dashboard file \"%.64s\" (the page is at /)", id);
+    { ts_http_reply_error(req, 404, "not_found",
+                               "no dashboard file \"%.64s\" (the page is at /)", id); return; }
 }

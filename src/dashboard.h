@@ -8,11 +8,11 @@
 
 #include "http.h"
 
-/* GET "/": the page. `app` and `id` are unused. MHD thread. */
-enum MHD_Result ts_dashboard_page(void *app, struct ts_http_request *req, const char *id);
+/* GET "/": the page. `app` and `id` are unused. loop thread. */
+void ts_dashboard_page(void *app, struct ts_http_request *req, const char *id);
 
 /* GET "/assets/{id}": one of the page's files by name, 404 for any other
- * name. MHD thread. */
-enum MHD_Result ts_dashboard_asset(void *app, struct ts_http_request *req, const char *id);
+ * name. loop thread. */
+void ts_dashboard_asset(void *app, struct ts_http_request *req, const char *id);
 
 #endif

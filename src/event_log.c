@@ -41,6 +41,7 @@
 
 /* "id: " + 20 digits + "\nevent: " + 64 name bytes + "\ndata: " and a NUL. */
 #define FRAME_HEAD_MAX 128
+#define CHUNK_HEAD_MAX 18 /* 16 hex digits and CRLF */
 
 static bool
 name_char_valid(unsigned char c)
@@ -84,7 +85,8 @@ ts_event_new(uint64_t id, const char *name, const char *data, size_t data_len)
 {
     char head[FRAME_HEAD_MAX];
     struct ts_event *ev;
-    size_t head_len;
+    size_t head_len, len;
+    char *frame;
     int n;
 
     if (!ts_event_name_valid(name))
@@ -97,20 +99,27 @@ ts_event_new(uint64_t id, const char *name, const char *data, size_t data_len)
     assert(n > 0 && (size_t)n < sizeof(head));
     head_len = (size_t)n;
 
-    /* The trailing "\n\n" and the NUL. */
-    if (data_len > SIZE_MAX - sizeof(*ev) - head_len - 3 || !data_valid(data, data_len))
+    /* The chunk head, the trailing "\n\n", the NUL, then the chunk's CRLF. */
+    if (data_len > SIZE_MAX - sizeof(*ev) - head_len - CHUNK_HEAD_MAX - 5 ||
+        !data_valid(data, data_len))
         return NULL;
-    ev = malloc(sizeof(*ev) + head_len + data_len + 3);
+    len = head_len + data_len + 2;
+    ev = malloc(sizeof(*ev) + CHUNK_HEAD_MAX + len + 3);
     if (ev == NULL)
         return NULL;
 
     ev->refs = 1;
     ev->id = id;
-    ev->len = head_len + data_len + 2;
-    memcpy(ev->frame, head, head_len);
+    ev->len = len;
+    n = snprintf(ev->chunk, CHUNK_HEAD_MAX + 1, "%zx\r\n", len);
+    assert(n > 0 && n <= CHUNK_HEAD_MAX);
+    frame = ev->chunk + n;
+    memcpy(frame, head, head_len);
     if (data_len > 0)
-        memcpy(ev->frame + head_len, data, data_len);
-    memcpy(ev->frame + head_len + data_len, "\n\n", 3);
+        memcpy(frame + head_len, data, data_len);
+    memcpy(frame + head_len + data_len, "\n\n\r\n", 5);
+    ev->chunk_len = (size_t)n + len + 2;
+    ev->frame = frame;
     return ev;
 }
 

@@ -2,7 +2,8 @@
  * Events and the bounded per-task event log.
  *
  * An event is encoded into its SSE frame once, when it is appended
- * ("id: 7\nevent: tick\ndata: {...}\n\n"), and is immutable afterwards. The
+ * ("id: 7\nevent: tick\ndata: {...}\n\n"), already wrapped as the HTTP/1.1
+ * chunk a stream writes ("2c\r\n" frame "\r\n"), and is immutable afterwards. The
  * log owns one reference to each retained event; a stream that is halfway
  * through sending a frame holds its own reference, so eviction never pulls
  * bytes from under a writer. Every stream of a task reads the same frames.
@@ -21,10 +22,12 @@
 #include <stdint.h>
 
 struct ts_event {
-    unsigned refs; /* atomic; the log's reference and writers' */
-    uint64_t id;   /* 0: an informational event sent without an id */
-    size_t len;    /* bytes in frame, without the NUL */
-    char frame[];  /* the whole SSE frame, NUL-terminated */
+    unsigned refs;     /* atomic; the log's reference and writers' */
+    uint64_t id;       /* 0: an informational event sent without an id */
+    size_t len;        /* bytes in frame */
+    const char *frame; /* the whole SSE frame (len bytes, no NUL): inside `chunk` */
+    size_t chunk_len;  /* bytes of chunk, without the NUL */
+    char chunk[];      /* the frame as one HTTP/1.1 chunk, "<hex>\r\n" frame "\r\n" */
 };
 
 #define TS_EVENT_NAME_MAX 64

@@ -1,18 +1,16 @@
 /*
  * The server: builds the services from a configuration, hands each its
  * dependencies (the drain view, the clock, the metrics registry, the log),
- * runs the housekeeping thread, and carries out the stop sequence of
- * docs/operations.md when its owner asks (ts_server_shutdown).
+ * and carries out the stop sequence of docs/operations.md when its owner
+ * asks (ts_server_shutdown).
  *
  * The server never decides to drain. Its owner (main.c) does, through the
  * coordinator; the admin listener's /drain is the one other trigger, an
  * authenticated request on the owner's behalf. Every service only reacts
  * to the view.
  *
- * The housekeeping thread wakes on a fixed period (half the heartbeat
- * interval, at most every second) to wake idle streams for their heartbeat
- * and to cut connections whose request headers are late. It is a timer, not
- * a poll: nothing it does is waiting for a state to change.
+ * Timers (heartbeats, header deadlines, idle connections) are the front's
+ * own: each loop thread keeps them (http.c).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -157,14 +155,9 @@ ts_server_new(struct ts_server **out, const struct ts_config *cfg, struct ts_coo
     srv->log = log;
     srv->clock = ts_clock_real();
     srv->drain_sub = -1;
-    pthread_mutex_init(&srv->hk_mu, NULL);
-    err = ts_cond_init(&srv->hk_cv);
-    if (err != 0)
-        goto out_dispose;
-
     err = ts_metrics_new(&srv->metrics);
     if (err != 0)
-        goto out_cond;
+        goto out_dispose;
     err = register_metrics(srv);
     if (err != 0)
         goto out_metrics;
@@ -229,10 +222,7 @@ out_tasks:
     ts_commands_free(srv->commands); /* after the service: its kind outlives it */
 out_metrics:
     ts_metrics_free(srv->metrics);
-out_cond:
-    pthread_cond_destroy(&srv->hk_cv);
 out_dispose:
-    pthread_mutex_destroy(&srv->hk_mu);
     pthread_mutex_destroy(&srv->keys_mu);
     ts_config_dispose(&srv->cfg);
 out_free:
@@ -246,44 +236,6 @@ ts_server_register_kind(struct ts_server *srv, const struct ts_task_kind *kind)
     if (srv->started)
         return -EBUSY;
     return ts_task_service_register(srv->tasks, kind);
-}
-
-static void *
-housekeeping(void *arg)
-{
-    struct ts_server *srv = arg;
-    int64_t heartbeat_every = srv->cfg.sse_heartbeat_interval_ms * TS_NS_PER_MS / 2;
-    int64_t period = heartbeat_every < TS_NS_PER_S ? heartbeat_every : TS_NS_PER_S;
-    int64_t now = ts_clock_now_ns(&srv->clock);
-    int64_t next = now + period, next_heartbeat = now + heartbeat_every;
-
-    pthread_mutex_lock(&srv->hk_mu);
-    while (!srv->hk_stop) {
-        if (ts_clock_wait(&srv->clock, &srv->hk_cv, &srv->hk_mu, next) != ETIMEDOUT)
-            continue; /* woken to stop (or spuriously): the loop condition decides */
-        pthread_mutex_unlock(&srv->hk_mu);
-        now = ts_clock_now_ns(&srv->clock);
-        if (now >= next_heartbeat) {
-            ts_sse_heartbeat(srv->sse);
-            next_heartbeat = now + heartbeat_every;
-        }
-        ts_http_enforce_deadlines(srv->public_http);
-        ts_http_enforce_deadlines(srv->admin_http);
-        next = now + period;
-        pthread_mutex_lock(&srv->hk_mu);
-    }
-    pthread_mutex_unlock(&srv->hk_mu);
-    return NULL;
-}
-
-static void
-stop_housekeeping(struct ts_server *srv)
-{
-    pthread_mutex_lock(&srv->hk_mu);
-    srv->hk_stop = true;
-    pthread_cond_signal(&srv->hk_cv);
-    pthread_mutex_unlock(&srv->hk_mu);
-    pthread_join(srv->housekeeper, NULL);
 }
 
 static void
@@ -308,12 +260,12 @@ ts_server_start(struct ts_server *srv)
         .app = srv,
         .max_connections = srv->cfg.max_connections,
         .max_connections_per_ip = srv->cfg.max_connections_per_ip,
-        .connection_memory = srv->cfg.max_header_bytes,
+        .max_head = srv->cfg.max_header_bytes,
         .max_body = srv->cfg.max_body_bytes,
-        .idle_timeout_s = (unsigned)((srv->cfg.idle_timeout_ms + 999) / 1000),
+        .idle_timeout_ns = srv->cfg.idle_timeout_ms * TS_NS_PER_MS,
         .header_timeout_ns = srv->cfg.header_timeout_ms * TS_NS_PER_MS,
+        .stream_quiet_ns = ts_sse_quiet_ns(srv->sse),
         .threads = srv->cfg.http_threads,
-        .suspend_resume = true,
         .close_when_draining = true,
         .drain = srv->drain,
         .clock = srv->clock,
@@ -330,9 +282,8 @@ ts_server_start(struct ts_server *srv)
     adm.nroutes = ts_admin_nroutes;
     adm.max_connections = 64;
     adm.max_connections_per_ip = 0;
-    adm.connection_memory = 32 * 1024;
+    adm.max_head = 32 * 1024;
     adm.threads = 1;
-    adm.suspend_resume = false;
     adm.close_when_draining = false;
     adm.serve_from_reserve = true;
 
@@ -349,17 +300,11 @@ ts_server_start(struct ts_server *srv)
     err = ts_http_start(&srv->public_http, &pub);
     if (err != 0)
         goto out_admin;
-    err = -pthread_create(&srv->housekeeper, NULL, housekeeping, srv);
-    if (err != 0)
-        goto out_public;
     srv->started = true;
     log_listening(srv, "admin", srv->cfg.admin_listen, ts_http_port(srv->admin_http));
     log_listening(srv, "public", srv->cfg.listen, ts_http_port(srv->public_http));
     return 0;
 
-out_public:
-    ts_http_stop(srv->public_http);
-    srv->public_http = NULL;
 out_admin:
     ts_http_stop(srv->admin_http);
     srv->admin_http = NULL;
@@ -429,8 +374,8 @@ wait_for_tasks(struct ts_server *srv, int64_t deadline)
 
 /*
  * Close the public listener: refuse new connections, give the streams
- * FLUSH_BOUND_NS to send their final events, then cut the rest (MHD must not
- * be stopped with a suspended connection). Returns how many were cut.
+ * FLUSH_BOUND_NS to send their final events, then cut the rest. Returns how
+ * many were cut.
  */
 static unsigned
 stop_public(struct ts_server *srv)
@@ -444,7 +389,6 @@ stop_public(struct ts_server *srv)
         ts_sse_close_all(srv->sse);
         ts_sse_wait_idle(srv->sse, ts_clock_now_ns(&srv->clock) + TS_NS_PER_S);
     }
-    stop_housekeeping(srv);
     ts_http_stop(srv->public_http);
     srv->public_http = NULL;
     return left;
@@ -532,8 +476,6 @@ ts_server_free(struct ts_server *srv)
     ts_task_service_free(srv->tasks);
     ts_commands_free(srv->commands);
     ts_metrics_free(srv->metrics);
-    pthread_cond_destroy(&srv->hk_cv);
-    pthread_mutex_destroy(&srv->hk_mu);
     pthread_mutex_destroy(&srv->keys_mu);
     ts_config_dispose(&srv->cfg);
     free(srv);

@@ -43,11 +43,6 @@ struct ts_server {
     struct ts_series *shutdown_duration;           /* task_graceful_shutdown_duration_seconds */
     bool seen_draining;                            /* drain_sub callback state */
     bool seen_shutdown;
-
-    pthread_t housekeeper;
-    pthread_mutex_t hk_mu;
-    pthread_cond_t hk_cv;
-    bool hk_stop; /* guarded by hk_mu */
 };
 
 extern const struct ts_route ts_api_routes[];

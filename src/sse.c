@@ -1,41 +1,38 @@
 /*
- * SSE streams on libmicrohttpd.
+ * SSE streams, written by the front (http.c).
  *
  * A stream is a cursor (`next_id`) into its task's event log, which holds
- * every event already encoded as an SSE frame. MHD pulls bytes through
- * read_stream(), the content-reader callback: it copies the frames from the
- * cursor on into MHD's buffer. When there is nothing to send, the stream adds
- * itself to the task's waiters and suspends its connection, both under the
- * task's lock; a worker appending an event calls wake() under that same lock,
- * which resumes the connection only if `suspended` says it is (MHD's resume
- * is undefined on a connection that is not). So a wake-up is never lost and
- * never doubled, and an idle stream costs no CPU at all.
+ * every event already encoded as an SSE frame inside its HTTP/1.1 chunk. To
+ * write, a stream hands the front references to those frames (pull()); the
+ * front writes them with one writev and drops the references once they are
+ * on the wire. Nothing is copied per stream, and a frame stays alive while a
+ * stream is halfway through it even if the log evicts it meanwhile.
  *
- * Memory is bounded by the logs, not by the readers: a reader that does not
- * read leaves MHD's buffer full, so read_stream() is not called; when it is
- * called again and its cursor has fallen behind the oldest retained event,
- * the stream is closed as a slow consumer (the client can resume with
- * Last-Event-ID and gets a "gap" event). A frame larger than MHD's buffer is
- * sent in pieces while the stream holds a reference to it.
+ * Waking is per task and loop, not per stream: the streams of one task on
+ * one loop thread form a group, and only the group waits on the task (one
+ * ts_task_waiter). An event appended to the task posts each of its groups to
+ * its loop (one queue push each, under the task's lock; the loop's eventfd
+ * is written only when its queue was empty), and the loop walks the streams
+ * of the groups that changed. So an append costs O(loops), not O(readers),
+ * under the task's lock, and a loop never looks at the streams of a task
+ * that did not change. The group re-registers as a waiter before its streams
+ * read the log, under the task's lock, so no event is missed between a walk
+ * and the next append.
  *
- * A client that stops reading altogether is never called back at all (its
- * socket buffer stays full), so the same check runs from the outside too:
- * ts_sse_heartbeat() looks for streams that are behind the log and have not
- * written for a heartbeat interval, and shuts their sockets down; MHD then
- * closes the connection on its own thread.
+ * Heartbeats, dead and stopped clients: the front asks a stream that has not
+ * written for half the heartbeat interval for a heartbeat (a comment line;
+ * a dead client is found by the failed write). A stream whose socket stays
+ * full is asked too (PULL_BLOCKED): when its cursor has fallen behind the
+ * oldest retained event and it has written nothing for a heartbeat interval,
+ * it is cut as a slow consumer (the client resumes with Last-Event-ID and
+ * gets a "gap" event). The same cut happens when a blocked stream gets room
+ * again and finds itself behind. So memory is bounded by the logs, not by
+ * the readers.
  *
- * A suspended connection never times out and never notices that its client
- * went away, so ts_sse_heartbeat() (every half heartbeat interval, from the
- * server's housekeeping thread) also wakes idle streams, which write a
- * comment line when they have been quiet for that long: dead clients are
- * found by the failed write.
- *
- * Threads: read_stream() and free_stream() run on the connection's MHD
- * thread; wake() runs on whichever thread changed the task. Fields marked
- * "task lock" are guarded by the task's mutex; the others belong to the MHD
- * thread. `streams_mu` guards the list of all streams and is taken before a
- * task's lock, never while holding one. A listed stream's socket is open:
- * MHD closes it only after free_stream() has unlisted the stream.
+ * Threads: a stream and its group's list belong to their loop thread (the
+ * stream is opened by a handler on that thread and written by it); wake()
+ * runs on whichever thread changed the task, under the task's lock, and only
+ * posts. `groups_mu` guards the table of groups.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -43,14 +40,44 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
+#include <uthash.h>
 #include <utlist.h>
 
 #include "sse.h"
 #include "util.h"
 
-#define STREAM_BLOCK_BYTES 1024
+struct group_key {
+    struct ts_task *task;
+    struct ts_http_loop *loop;
+};
+
+/* The streams of one task on one loop. */
+struct group {
+    UT_hash_handle hh; /* sse->groups; groups_mu */
+    struct group_key key;
+    struct ts_task_waiter waiter; /* task lock */
+    struct ts_http_post post;     /* the loop's */
+    struct ts_sse *sse;
+    struct stream *streams; /* utlist; the loop thread */
+    unsigned refs;          /* the loop thread: streams, and a walk in progress */
+};
+
+struct stream {
+    struct stream *prev, *next; /* utlist: the group's */
+    struct group *g;
+    struct ts_http_stream *st;
+    uint64_t next_id;     /* next log event to send */
+    struct ts_event *gap; /* to send before the log's events, or NULL */
+    bool retry_sent;
+    bool drain_sent;
+};
+
+/* Bytes every stream sends the same, plain and as a chunk. */
+struct canned {
+    char plain[32], chunk[48];
+    size_t plain_len, chunk_len;
+};
 
 struct ts_sse {
     struct ts_sse_config cfg;
@@ -58,36 +85,38 @@ struct ts_sse {
     atomic_bool closing; /* set before the tasks' locks are taken to wake */
     pthread_mutex_t idle_mu;
     pthread_cond_t idle_cv; /* broadcast when `active` drops to 0 */
-    pthread_mutex_t streams_mu;
-    struct stream *streams; /* every open stream; streams_mu */
+    pthread_mutex_t groups_mu;
+    struct group *groups; /* uthash by (task, loop); groups_mu */
     pthread_mutex_t notice_mu;
     struct ts_event *notice; /* the "draining" event, encoded once; notice_mu */
     int drain_sub;
+    struct canned retry, heartbeat;
     struct ts_series *events_sent;
     struct ts_series *slow_closed;
     struct ts_series *heartbeats;
 };
 
-struct stream {
-    struct ts_task_waiter waiter; /* task lock */
-    bool suspended;               /* task lock: the connection is suspended by us */
-    bool cut;                     /* task lock: closed as a slow consumer, counted */
-    int64_t last_write_ns;        /* task lock */
-    struct stream *prev, *next;   /* utlist: the server's list; streams_mu */
-    int fd;                       /* the connection's socket */
+static void
+can(struct canned *c, const char *text)
+{
+    c->plain_len = (size_t)snprintf(c->plain, sizeof(c->plain), "%s", text);
+    c->chunk_len = (size_t)snprintf(c->chunk, sizeof(c->chunk), "%zx\r\n%s\r\n", c->plain_len, text);
+}
 
-    struct ts_sse *sse;
-    struct MHD_Connection *conn;
-    struct ts_task *task; /* a reference */
-    uint64_t next_id;     /* next log event to send */
+static bool
+add_canned(struct ts_http_out *out, const struct canned *c)
+{
+    return out->chunked ? ts_http_out_add(out, c->chunk, c->chunk_len, NULL)
+                        : ts_http_out_add(out, c->plain, c->plain_len, NULL);
+}
 
-    struct ts_event *cur; /* a frame being sent in pieces (a reference), or NULL */
-    size_t cur_off;
-    struct ts_event *gap; /* to send before the log's events, or NULL */
-    char pending[64];     /* "retry:" hint, then heartbeats */
-    size_t pending_len, pending_off;
-    bool drain_sent;
-};
+/* Add the event `ev` (a reference the front releases once it is written). */
+static bool
+add_event(struct ts_http_out *out, struct ts_event *ev)
+{
+    return out->chunked ? ts_http_out_add(out, ev->chunk, ev->chunk_len, ev)
+                        : ts_http_out_add(out, ev->frame, ev->len, ev);
+}
 
 static double
 active_gauge(void *arg)
@@ -144,8 +173,15 @@ ts_sse_new(struct ts_sse **out, const struct ts_sse_config *cfg)
     atomic_init(&sse->active, 0);
     atomic_init(&sse->closing, false);
     pthread_mutex_init(&sse->idle_mu, NULL);
-    pthread_mutex_init(&sse->streams_mu, NULL);
+    pthread_mutex_init(&sse->groups_mu, NULL);
     pthread_mutex_init(&sse->notice_mu, NULL);
+    {
+        char retry[32];
+
+        snprintf(retry, sizeof(retry), "retry: %u\n\n", cfg->retry_ms);
+        can(&sse->retry, retry);
+        can(&sse->heartbeat, ":\n\n");
+    }
     err = ts_cond_init(&sse->idle_cv);
     if (err != 0)
         goto out_free;
@@ -176,7 +212,7 @@ out_cond:
     pthread_cond_destroy(&sse->idle_cv);
 out_free:
     pthread_mutex_destroy(&sse->notice_mu);
-    pthread_mutex_destroy(&sse->streams_mu);
+    pthread_mutex_destroy(&sse->groups_mu);
     pthread_mutex_destroy(&sse->idle_mu);
     free(sse);
     return err;
@@ -191,7 +227,7 @@ ts_sse_free(struct ts_sse *sse)
     ts_event_unref(sse->notice);
     pthread_cond_destroy(&sse->idle_cv);
     pthread_mutex_destroy(&sse->notice_mu);
-    pthread_mutex_destroy(&sse->streams_mu);
+    pthread_mutex_destroy(&sse->groups_mu);
     pthread_mutex_destroy(&sse->idle_mu);
     free(sse);
 }
@@ -214,44 +250,10 @@ ts_sse_wait_idle(struct ts_sse *sse, int64_t until_ns)
     return atomic_load(&sse->active) == 0 ? 0 : -ETIMEDOUT;
 }
 
-/* Behind the log and silent for a heartbeat interval: the client stopped
- * reading. Task lock held. */
-static bool
-stalled_locked(const struct stream *s, int64_t now)
+int64_t
+ts_sse_quiet_ns(const struct ts_sse *sse)
 {
-    return !s->cut && !s->suspended &&
-           s->next_id < ts_event_log_first_id(ts_task_log_locked(s->task)) &&
-           now - s->last_write_ns >= s->sse->cfg.heartbeat_ns;
-}
-
-static void
-count_slow(struct stream *s)
-{
-    s->cut = true;
-    ts_series_inc(s->sse->slow_closed);
-    ts_log(s->sse->cfg.log, TS_LOG_INFO, "slow SSE consumer closed",
-           TS_F_STR("task", ts_task_get_id(s->task)), TS_F_UINT("next_id", s->next_id),
-           TS_F_UINT("oldest_retained", ts_event_log_first_id(ts_task_log_locked(s->task))),
-           TS_F_END);
-}
-
-void
-ts_sse_heartbeat(struct ts_sse *sse)
-{
-    int64_t now = ts_clock_now_ns(&sse->cfg.clock);
-    struct stream *s;
-
-    pthread_mutex_lock(&sse->streams_mu);
-    DL_FOREACH(sse->streams, s) {
-        ts_task_lock(s->task);
-        if (stalled_locked(s, now)) {
-            count_slow(s);
-            shutdown(s->fd, SHUT_RDWR);
-        }
-        ts_task_unlock(s->task);
-    }
-    pthread_mutex_unlock(&sse->streams_mu);
-    ts_task_service_wake_all(sse->cfg.tasks);
+    return sse->cfg.heartbeat_ns / 2;
 }
 
 void
@@ -261,192 +263,217 @@ ts_sse_close_all(struct ts_sse *sse)
     ts_task_service_wake_all(sse->cfg.tasks);
 }
 
-/* Task lock held (the task service calls it so). */
+/* ---- groups ---- */
+
+/* Task lock held (the task service calls it so): hand the group to its loop. */
 static void
 wake(struct ts_task_waiter *w)
 {
-    struct stream *s = ts_container_of(w, struct stream, waiter);
+    struct group *g = ts_container_of(w, struct group, waiter);
 
-    if (s->suspended) {
-        s->suspended = false;
-        MHD_resume_connection(s->conn);
-    }
+    ts_http_post(g->key.loop, &g->post);
 }
 
-/* Copy what fits of `src[*off..len)` into `buf[*n..max)`. True when all of
- * it went. */
-static bool
-put(char *buf, size_t max, size_t *n, const char *src, size_t len, size_t *off)
-{
-    size_t room = max - *n, want = len - *off;
-    size_t k = want < room ? want : room;
+static void group_put(struct group *g);
 
-    memcpy(buf + *n, src + *off, k);
-    *n += k;
-    *off += k;
-    return *off == len;
-}
-
-/* Send the frame `ev` (borrowed), keeping a reference if it does not fit. */
+/* The loop thread: the task changed (or a wake-all); write what there is. */
 static void
-put_event(struct stream *s, char *buf, size_t max, size_t *n, struct ts_event *ev)
+group_run(struct ts_http_post *p)
 {
-    size_t off = 0;
+    struct group *g = ts_container_of(p, struct group, post);
+    struct stream *s, *tmp;
 
-    if (!put(buf, max, n, ev->frame, ev->len, &off)) {
-        s->cur = ts_event_ref(ev);
-        s->cur_off = off;
-    }
+    g->refs++; /* a stream closed in the walk may be the group's last */
+    ts_task_lock(g->key.task);
+    ts_task_wait_locked(g->key.task, &g->waiter);
+    ts_task_unlock(g->key.task);
+    DL_FOREACH_SAFE(g->streams, s, tmp)
+        ts_http_stream_run(s->st);
+    group_put(g);
 }
 
-/*
- * Fill `buf` from the stream's pending bytes and the log. Task lock held.
- * Returns bytes written, or a negative MHD end code in *end.
- */
-static size_t
-fill(struct stream *s, char *buf, size_t max, ssize_t *end, uint64_t *sent)
+/* The group of (task, loop), a new reference; NULL on out of memory. */
+static struct group *
+group_get(struct ts_sse *sse, struct ts_task *task, struct ts_http_loop *loop)
 {
-    struct ts_sse *sse = s->sse;
-    const struct ts_event_log *log = ts_task_log_locked(s->task);
-    size_t n = 0;
+    struct group_key key;
+    struct group *g;
 
-    *end = 0;
-    if (s->pending_off < s->pending_len &&
-        !put(buf, max, &n, s->pending, s->pending_len, &s->pending_off))
-        return n;
-    if (s->cur != NULL) {
-        if (!put(buf, max, &n, s->cur->frame, s->cur->len, &s->cur_off))
-            return n;
-        ts_event_unref(s->cur);
-        s->cur = NULL;
+    memset(&key, 0, sizeof(key));
+    key.task = task;
+    key.loop = loop;
+    pthread_mutex_lock(&sse->groups_mu);
+    HASH_FIND(hh, sse->groups, &key, sizeof(key), g);
+    if (g == NULL) {
+        g = calloc(1, sizeof(*g));
+        if (g == NULL) {
+            pthread_mutex_unlock(&sse->groups_mu);
+            return NULL;
+        }
+        g->key = key;
+        g->key.task = ts_task_ref(task);
+        g->waiter.wake = wake;
+        g->post.run = group_run;
+        g->sse = sse;
+        HASH_ADD(hh, sse->groups, key, sizeof(g->key), g);
     }
-    if (s->gap != NULL) {
-        struct ts_event *gap = s->gap;
+    g->refs++;
+    pthread_mutex_unlock(&sse->groups_mu);
+    if (g->refs == 1) {
+        ts_task_lock(task);
+        ts_task_wait_locked(task, &g->waiter);
+        ts_task_unlock(task);
+    }
+    return g;
+}
 
-        s->gap = NULL;
-        put_event(s, buf, max, &n, gap);
-        ts_event_unref(gap);
-        if (s->cur != NULL)
-            return n;
-    }
+/* The loop thread. The last reference unhooks the group from its task
+ * first, so no wake can post it after it is taken off its loop's queue. */
+static void
+group_put(struct group *g)
+{
+    struct ts_sse *sse = g->sse;
+
+    if (--g->refs > 0)
+        return;
+    ts_task_lock(g->key.task);
+    ts_task_unwait_locked(g->key.task, &g->waiter);
+    ts_task_unlock(g->key.task);
+    ts_http_post_cancel(g->key.loop, &g->post);
+    pthread_mutex_lock(&sse->groups_mu);
+    HASH_DEL(sse->groups, g);
+    pthread_mutex_unlock(&sse->groups_mu);
+    ts_task_unref(g->key.task);
+    free(g);
+}
+
+/* ---- streams ---- */
+
+static void
+count_slow(struct stream *s, const struct ts_event_log *log)
+{
+    ts_series_inc(s->g->sse->slow_closed);
+    ts_log(s->g->sse->cfg.log, TS_LOG_INFO, "slow SSE consumer closed",
+           TS_F_STR("task", ts_task_get_id(s->g->key.task)), TS_F_UINT("next_id", s->next_id),
+           TS_F_UINT("oldest_retained", ts_event_log_first_id(log)), TS_F_END);
+}
+
+static void
+unref_piece(void *ref)
+{
+    ts_event_unref(ref);
+}
+
+/* What the front writes next: pending notices, then the log from the cursor. */
+static enum ts_http_more
+pull_events(struct stream *s, struct ts_http_out *out)
+{
+    struct ts_sse *sse = s->g->sse;
+    struct ts_task *task = s->g->key.task;
+    const struct ts_event_log *log;
+    uint64_t sent = 0, last, end_id;
+
+    if (!s->retry_sent && add_canned(out, &sse->retry))
+        s->retry_sent = true;
+    if (s->gap != NULL && add_event(out, s->gap))
+        s->gap = NULL; /* its reference now goes with the piece */
+
+    ts_task_lock(task);
+    log = ts_task_log_locked(task);
     if (!s->drain_sent && ts_drain_is_draining(&sse->cfg.drain)) {
         struct ts_event *ev = drain_notice(sse);
 
-        s->drain_sent = true;
-        if (ev != NULL) {
-            put_event(s, buf, max, &n, ev);
+        if (ev == NULL || add_event(out, ev))
+            s->drain_sent = true;
+        else
             ts_event_unref(ev);
-            if (s->cur != NULL)
-                return n;
-        }
     }
     if (s->next_id < ts_event_log_first_id(log)) {
-        *end = MHD_CONTENT_READER_END_WITH_ERROR;
-        if (!s->cut)
-            count_slow(s);
-        return 0;
+        count_slow(s, log);
+        ts_task_unlock(task);
+        return TS_HTTP_ABORT;
     }
-    while (n < max && s->next_id <= ts_event_log_last_id(log)) {
-        put_event(s, buf, max, &n, ts_event_log_get(log, s->next_id));
+    last = ts_event_log_last_id(log);
+    while (s->next_id <= last && out->n < TS_HTTP_OUT_MAX) {
+        add_event(out, ts_event_ref(ts_event_log_get(log, s->next_id)));
         s->next_id++;
-        (*sent)++;
-        if (s->cur != NULL)
-            break;
+        sent++;
     }
-    return n;
-}
-
-static ssize_t
-read_stream(void *cls, uint64_t pos, char *buf, size_t max)
-{
-    struct stream *s = cls;
-    struct ts_sse *sse = s->sse;
-    int64_t now = ts_clock_now_ns(&sse->cfg.clock);
-    uint64_t sent = 0;
-    ssize_t end;
-    size_t n;
-
-    (void)pos;
-    ts_task_lock(s->task);
-    /* Checked under the task lock: ts_sse_close_all() sets the flag, then
-     * takes every task's lock to wake, so a stream either sees the flag or
-     * is suspended in time to be woken. */
-    if (atomic_load(&sse->closing)) {
-        ts_task_unlock(s->task);
-        return MHD_CONTENT_READER_END_WITH_ERROR;
-    }
-    n = fill(s, buf, max, &end, &sent);
-    if (n == 0 && end == 0) {
-        uint64_t end_id = ts_task_end_id_locked(s->task);
-
-        if (end_id != 0 && s->next_id > end_id) {
-            end = MHD_CONTENT_READER_END_OF_STREAM;
-        } else if (now - s->last_write_ns >= sse->cfg.heartbeat_ns / 2 && max >= 3) {
-            memcpy(buf, ":\n\n", 3);
-            n = 3;
-            ts_series_inc(sse->heartbeats);
-        } else {
-            /* Nothing to send: wait for the task, suspended. Suspending
-             * here, under the lock, is what lets wake() trust `suspended`. */
-            ts_task_wait_locked(s->task, &s->waiter);
-            s->suspended = true;
-            MHD_suspend_connection(s->conn);
-        }
-    }
-    if (n > 0)
-        s->last_write_ns = now;
-    ts_task_unlock(s->task);
+    end_id = ts_task_end_id_locked(task);
+    ts_task_unlock(task);
 
     if (sent > 0)
         ts_series_add(sse->events_sent, sent);
-    return end != 0 ? end : (ssize_t)n;
+    if (end_id != 0 && s->next_id > end_id)
+        return TS_HTTP_END; /* "end" is among these pieces, or was sent */
+    return TS_HTTP_MORE;
+}
+
+static enum ts_http_more
+pull(void *ctx, struct ts_http_out *out, enum ts_http_pull why, int64_t silent_ns)
+{
+    struct stream *s = ctx;
+    struct ts_sse *sse = s->g->sse;
+
+    if (atomic_load(&sse->closing))
+        return TS_HTTP_ABORT;
+    if (why == TS_HTTP_PULL_BLOCKED) {
+        struct ts_task *task = s->g->key.task;
+        bool behind;
+
+        if (silent_ns < sse->cfg.heartbeat_ns)
+            return TS_HTTP_MORE;
+        ts_task_lock(task);
+        behind = s->next_id < ts_event_log_first_id(ts_task_log_locked(task));
+        if (behind)
+            count_slow(s, ts_task_log_locked(task));
+        ts_task_unlock(task);
+        return behind ? TS_HTTP_ABORT : TS_HTTP_MORE;
+    }
+    if (why == TS_HTTP_PULL_QUIET) {
+        if (add_canned(out, &sse->heartbeat))
+            ts_series_inc(sse->heartbeats);
+        return TS_HTTP_MORE;
+    }
+    return pull_events(s, out);
 }
 
 static void
-free_stream(void *cls)
+closed(void *ctx)
 {
-    struct stream *s = cls;
-    struct ts_sse *sse = s->sse;
+    struct stream *s = ctx;
+    struct ts_sse *sse = s->g->sse;
 
-    pthread_mutex_lock(&sse->streams_mu);
-    DL_DELETE(sse->streams, s);
-    pthread_mutex_unlock(&sse->streams_mu);
-
-    ts_task_lock(s->task);
-    ts_task_unwait_locked(s->task, &s->waiter);
-    ts_task_unlock(s->task);
-    ts_event_unref(s->cur);
+    DL_DELETE(s->g->streams, s);
     ts_event_unref(s->gap);
-    ts_task_unref(s->task);
-    if (atomic_fetch_sub(&s->sse->active, 1) == 1) {
-        pthread_mutex_lock(&s->sse->idle_mu);
-        pthread_cond_broadcast(&s->sse->idle_cv);
-        pthread_mutex_unlock(&s->sse->idle_mu);
-    }
+    group_put(s->g);
     free(s);
+    if (atomic_fetch_sub(&sse->active, 1) == 1) {
+        pthread_mutex_lock(&sse->idle_mu);
+        pthread_cond_broadcast(&sse->idle_cv);
+        pthread_mutex_unlock(&sse->idle_mu);
+    }
 }
 
-unsigned
-ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *task, bool has_last_id,
-            uint64_t last_id, struct MHD_Response **resp)
+static const struct ts_http_stream_ops stream_ops = {
+    .pull = pull,
+    .closed = closed,
+    .unref = unref_piece,
+};
+
+void
+ts_sse_open(struct ts_sse *sse, struct ts_http_request *req, struct ts_task *task,
+            bool has_last_id, uint64_t last_id)
 {
-    const union MHD_ConnectionInfo *info;
-    struct stream *s;
     const struct ts_event_log *log;
     uint64_t first, last, end_id;
-    int len;
+    struct ts_http_stream *st;
+    struct stream *s;
+    struct group *g;
 
-    *resp = NULL;
     s = calloc(1, sizeof(*s));
     if (s == NULL)
-        return 0;
-    s->sse = sse;
-    s->conn = conn;
-    s->waiter.wake = wake;
-    s->last_write_ns = ts_clock_now_ns(&sse->cfg.clock);
-    len = snprintf(s->pending, sizeof(s->pending), "retry: %u\n\n", sse->cfg.retry_ms);
-    s->pending_len = (size_t)len;
-
+        return;
     ts_task_lock(task);
     log = ts_task_log_locked(task);
     first = ts_event_log_first_id(log);
@@ -455,8 +482,8 @@ ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *tas
     if (has_last_id && end_id != 0 && last_id >= end_id) {
         ts_task_unlock(task);
         free(s);
-        *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-        return *resp != NULL ? MHD_HTTP_NO_CONTENT : 0;
+        ts_http_reply(req, 204, NULL, NULL, 0);
+        return;
     }
     /* An id from the future (another task, another server) is not ours:
      * replay from the oldest event as for a client without an id. */
@@ -470,26 +497,19 @@ ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *tas
     }
     ts_task_unlock(task);
 
-    /* The block is a buffer MHD allocates with every response but fills only
-     * for HTTP/1.0 clients (chunked replies are written straight into the
-     * connection's own buffer): kept small, it is memory every held stream
-     * would otherwise carry. */
-    *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK_BYTES, read_stream, s,
-                                              free_stream);
-    if (*resp == NULL) {
+    g = group_get(sse, task, ts_http_request_loop(req));
+    if (g == NULL) {
         ts_event_unref(s->gap);
         free(s);
-        return 0;
+        return;
     }
-    s->task = ts_task_ref(task);
-    info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    s->fd = info != NULL ? info->connect_fd : -1;
-    pthread_mutex_lock(&sse->streams_mu);
-    DL_PREPEND(sse->streams, s);
-    pthread_mutex_unlock(&sse->streams_mu);
+    s->g = g;
+    DL_APPEND(g->streams, s);
     atomic_fetch_add(&sse->active, 1);
-    MHD_add_response_header(*resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    MHD_add_response_header(*resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    MHD_add_response_header(*resp, "X-Accel-Buffering", "no");
-    return MHD_HTTP_OK;
+    ts_http_add_header(req, "Content-Type", "text/event-stream");
+    ts_http_add_header(req, "Cache-Control", "no-cache");
+    ts_http_add_header(req, "X-Accel-Buffering", "no");
+    st = ts_http_reply_stream(req, &stream_ops, s);
+    if (st != NULL) /* NULL: closed() has run (a HEAD request, or out of memory) */
+        s->st = st;
 }

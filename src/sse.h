@@ -1,16 +1,15 @@
 /*
  * Server-Sent Event streams: one per GET /v1/tasks/{id}/events, each a
- * cursor into its task's event log (see sse.c for the protocol with MHD).
+ * cursor into its task's event log, written by the front (http.h).
  */
 #ifndef TS_SSE_H
 #define TS_SSE_H
 
 #include <stdint.h>
 
-#include <microhttpd.h>
-
 #include "clock.h"
 #include "drain.h"
+#include "http.h"
 #include "log.h"
 #include "metrics.h"
 #include "task.h"
@@ -34,17 +33,17 @@ void ts_sse_free(struct ts_sse *sse);
 
 /*
  * Answer a stream request for `task`. `last_id` is the client's
- * Last-Event-ID (has_last_id false: none or unparsable). Returns 204 (the
- * client has already seen the task's "end": *resp is an empty response that
- * stops EventSource from reconnecting), 200 (*resp is the stream, holding a
- * task reference until the connection ends), or 0 on out of memory.
- * MHD thread, inside the access handler.
+ * Last-Event-ID (has_last_id false: none or unparsable). 204 when the client
+ * has already seen the task's "end" (it stops EventSource from
+ * reconnecting), else the stream, holding a task reference until it ends.
+ * The handler's loop thread.
  */
-unsigned ts_sse_open(struct ts_sse *sse, struct MHD_Connection *conn, struct ts_task *task,
-                     bool has_last_id, uint64_t last_id, struct MHD_Response **resp);
+void ts_sse_open(struct ts_sse *sse, struct ts_http_request *req, struct ts_task *task,
+                 bool has_last_id, uint64_t last_id);
 
-/* Wake every idle stream so it can send a heartbeat comment when due. */
-void ts_sse_heartbeat(struct ts_sse *sse);
+/* How long a stream may stay silent before it writes a heartbeat comment:
+ * the front's stream_quiet_ns. */
+int64_t ts_sse_quiet_ns(const struct ts_sse *sse);
 
 /* End every stream now, even mid-task (the last step of a shutdown, after the
  * flush bound). */

@@ -156,7 +156,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (ev == NULL)
         return 0;
 
-    if (ev->id != id || ev->len != strlen(ev->frame) || ev->len < 2 ||
+    if (ev->id != id || ev->frame + ev->len + 2 != ev->chunk + ev->chunk_len || ev->len < 2 ||
         memcmp(ev->frame + ev->len - 2, "\n\n", 2) != 0)
         abort();
     parse(&p, ev->frame, ev->len);

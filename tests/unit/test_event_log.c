@@ -119,14 +119,31 @@ sse_feed(struct sse_parser *p, const char *buf, size_t len)
     assert_int_equal(start, len);
 }
 
+/* The frame, and around it the HTTP/1.1 chunk that carries it: its size in
+ * hex, CRLF, the frame, CRLF (RFC 9112 section 7.1). */
 static void
 assert_event_frame(const struct ts_event *ev)
 {
+    char head[32];
+    int n;
+
     assert_non_null(ev);
-    assert_int_equal(strlen(ev->frame), ev->len);
     assert_true(ev->len >= 2);
     assert_memory_equal(ev->frame + ev->len - 2, "\n\n", 2);
+    n = snprintf(head, sizeof(head), "%zx\r\n", ev->len);
+    assert_int_equal(ev->chunk_len, (size_t)n + ev->len + 2);
+    assert_memory_equal(ev->chunk, head, (size_t)n);
+    assert_ptr_equal(ev->frame, ev->chunk + n);
+    assert_memory_equal(ev->chunk + n + ev->len, "\r\n", 3); /* and its NUL */
+    assert_int_equal(strlen(ev->chunk), ev->chunk_len);
 }
+
+/* The frame is not a C string (the chunk's CRLF follows it). */
+#define assert_frame_equal(ev, want)                                                               \
+    do {                                                                                           \
+        assert_int_equal((ev)->len, strlen(want));                                                 \
+        assert_memory_equal((ev)->frame, (want), (ev)->len);                                       \
+    } while (0)
 
 /* ---- frames ---- */
 
@@ -177,7 +194,7 @@ test_frame_bytes(void **state)
         assert_int_equal(ev->id, r->id);
         assert_int_equal(ev->refs, 1);
         assert_int_equal(ev->len, strlen(r->frame));
-        assert_string_equal(ev->frame, r->frame);
+        assert_memory_equal(ev->frame, r->frame, ev->len);
         ts_event_unref(ev);
     }
 }
@@ -401,7 +418,8 @@ test_ids_gapless_evict_by_count(void **state)
         assert_int_equal(ev->id, id);
         snprintf(want, sizeof(want), "id: %" PRIu64 "\nevent: tick\ndata: {\"n\":%" PRIu64 "}\n\n",
                  id, id);
-        assert_string_equal(ev->frame, want);
+        assert_int_equal(ev->len, strlen(want));
+        assert_memory_equal(ev->frame, want, ev->len);
     }
     assert_null(ts_event_log_get(&log, N_APPENDS - EVENTS_MAX));
     assert_null(ts_event_log_get(&log, N_APPENDS + 1));
@@ -550,18 +568,18 @@ test_writer_ref_survives_eviction(void **state)
     /* A stream halfway through writing event 1. */
     held = ts_event_ref(ts_event_log_get(&log, 1));
     assert_int_equal(held->refs, 2);
-    snprintf(frame, sizeof(frame), "%s", held->frame);
+    snprintf(frame, sizeof(frame), "%.*s", (int)held->len, held->frame);
 
     assert_int_equal(ts_event_log_append(&log, "w", "2", 1), 2);
     assert_int_equal(ts_event_log_append(&log, "w", "3", 1), 3);
     assert_null(ts_event_log_get(&log, 1));
     assert_int_equal(held->refs, 1);
     /* Under ASan, a read of freed memory here would abort. */
-    assert_string_equal(held->frame, frame);
+    assert_frame_equal(held, frame);
     assert_int_equal(held->id, 1);
 
     ts_event_log_dispose(&log);
-    assert_string_equal(held->frame, "id: 1\nevent: w\ndata: {\"k\":1}\n\n");
+    assert_frame_equal(held, "id: 1\nevent: w\ndata: {\"k\":1}\n\n");
     ts_event_unref(held); /* the last reference: freed (ASan reports a leak otherwise) */
 }
 
@@ -578,7 +596,7 @@ test_dispose_drops_log_refs_only(void **state)
     held = ts_event_ref(ts_event_log_get(&log, 2));
     ts_event_log_dispose(&log);
     assert_int_equal(held->refs, 1);
-    assert_string_equal(held->frame, "id: 2\nevent: d\ndata: 2\n\n");
+    assert_frame_equal(held, "id: 2\nevent: d\ndata: 2\n\n");
     ts_event_unref(held);
 }
 
@@ -734,7 +752,7 @@ test_gap_frame(void **state)
         assert_event_frame(ev);
         assert_int_equal(ev->id, 0);
         assert_int_equal(ev->refs, 1);
-        assert_string_equal(ev->frame, rows[i].frame);
+        assert_frame_equal(ev, rows[i].frame);
         ts_event_unref(ev);
     }
 }
@@ -763,7 +781,7 @@ test_draining_frame(void **state)
         assert_event_frame(ev);
         assert_int_equal(ev->id, 0);
         assert_int_equal(ev->refs, 1);
-        assert_string_equal(ev->frame, rows[i].frame);
+        assert_frame_equal(ev, rows[i].frame);
         ts_event_unref(ev);
     }
     /* jansson refuses these, so no frame with a broken payload exists. */

@@ -491,7 +491,7 @@ frame(struct ts_task *t, uint64_t id)
     ts_task_lock(t);
     ev = ts_event_log_get(ts_task_log_locked(t), id);
     if (ev != NULL)
-        copy = strdup(ev->frame);
+        copy = strndup(ev->frame, ev->len);
     ts_task_unlock(t);
     return copy;
 }
