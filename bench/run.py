@@ -32,7 +32,12 @@ How it measures (shared/BENCHMARKING.md):
     p99 passes 1 s or the server runs out of CPU; "max" is the best step that
     held, "capacity" the best with p99 under 1 s;
   * CPU = the server process's utime+stime delta from /proc/<pid>/stat over
-    the measured part, also per delivery.
+    the measured part, also per delivery;
+  * the fan-out floor (--floor, on by default): bench/floor.c plays the
+    server for each taskstreamd fan-out step, with the same frames on the
+    same sockets and nothing else (one write per stream and event), measured
+    the same way; "CPU per delivery vs floor" is a server's CPU per delivery
+    over the floor's at the same subscribers and rate.
 
 Standard library only. Every child is started by this script and ended by
 its own pid.
@@ -417,6 +422,59 @@ def nchan_available():
         "/usr/lib/nginx/modules/ngx_nchan_module.so")
 
 
+class Floor(Server):
+    """bench/floor.c, the fan-out floor: a fresh process per step (the rate is
+    its argument). It answers the subscribers as taskstreamd does, starts the
+    ticks at SIGUSR1 and, so started, stays until SIGTERM."""
+    name = "floor"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.proc = None
+        self.port = None
+        self.stderr = open(os.path.join(cfg.workdir, "floor.stderr"), "a")
+
+    def start(self, rate, seconds):
+        self.end()
+        self.port = free_port()
+        # one thread on the pinned CPU; without pinning one per CPU, as nginx
+        threads = 1 if self.cfg.pin else (os.cpu_count() or 1)
+        self.proc = subprocess.Popen(
+            self.cfg.pin_server + [self.cfg.floor, str(self.port), "0", str(rate), str(seconds),
+                                   "--threads", str(threads)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+            start_new_session=True)
+        self.pid = self.proc.pid
+        wait_port(self.port, self.cfg.scale(10), self.proc)
+
+    def go(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+
+    def end(self):
+        """End the step's process: its JSON line (events, deliveries, its own
+        CPU), or None."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate(timeout=10)
+        self.proc = None
+        for line in (out or "").splitlines():
+            if line.startswith("{"):
+                return json.loads(line)
+        return None
+
+    def stop(self, timeout=10):
+        self.end()
+        self.stderr.close()
+        return 0
+
+
 # --------------------------------------------------------------------------
 # the load client
 # --------------------------------------------------------------------------
@@ -638,16 +696,26 @@ def fanout_step(cfg, srv, kind, subs, rate, tag):
     pub = {}
     window, warmup, grace = cfg.window, cfg.warmup, cfg.grace
     gate = None
+    floor_res = None
+    # as long as the ticker's count lasts, or the floor publishes
+    source_s = window + warmup + grace + cfg.scale(30)
     if kind == "taskstreamd":
         # The subscribers connect while the ticker waits in the queue behind
         # a gate task on the only worker (WORKERS=1); the gate is cancelled
         # once all are up. So, as with nchan, whose publisher starts then,
         # set-up is not measured under load and nothing is replayed.
         interval = max(0, round(1000 / rate))
-        count = min(1_000_000, int(rate * (window + warmup + grace + cfg.scale(30))))
+        count = min(1_000_000, int(rate * source_s))
         gate = srv.submit(2, 3_600_000)
         tid = srv.submit(count, interval)
         path = f"/v1/tasks/{tid}/events"
+        seq = "id"
+    elif kind == "floor":
+        # the ticker's frames and count (rate * source_s); the ticks start
+        # at `ready`, as the ticker does when its gate is cancelled
+        tid = None
+        srv.start(rate, source_s)
+        path = "/sub/floor"
         seq = "id"
     else:
         tid = None
@@ -672,7 +740,9 @@ def fanout_step(cfg, srv, kind, subs, rate, tag):
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if gate is not None:
             srv.cancel(gate)
-        if kind != "taskstreamd":
+        if kind == "floor":
+            srv.go()
+        if kind == "nginx+nchan":
             pub["load"] = Load(cfg, "pub", ["--port", str(srv.port), "--path", f"/pub/{tag}",
                                             "-c", str(cfg.pub_conns),
                                             "--rate", str(rate), "--duration",
@@ -700,8 +770,12 @@ def fanout_step(cfg, srv, kind, subs, rate, tag):
         pub_res = pub["load"].result(30)
     if tid is not None:
         srv.cancel(tid)
+    if kind == "floor":
+        floor_res = srv.end()
     lat = res["lat_us"]
     problems = check_stream_result(res, subs)
+    if kind == "floor" and floor_res is None:
+        problems.append("bench/floor printed no result")
     if res.get("caught_up", 0) < res.get("opened", 0):
         problems.append(f"only {res.get('caught_up')} of {res.get('opened')} caught up")
     if lat["n"] == 0:
@@ -729,6 +803,8 @@ def fanout_step(cfg, srv, kind, subs, rate, tag):
         "client": {k: v for k, v in res.items() if k != "lat_us"},
         "pinned": bool(cfg.pin),
     }
+    if floor_res is not None:
+        row["floor"] = floor_res  # its own count and getrusage figures
     if syscalls:
         # deliveries during the perf run (warm-up and window), at the measured rate
         n = max(1.0, res["delivery_rate"] * (warmup + window))
@@ -763,6 +839,9 @@ def scenario_fanout(cfg, servers, plan, out):
             srv = make_server(cfg, kind, env={"WORKERS": 1})
             try:
                 for rate in rates:
+                    # the floor only next to a taskstreamd step (the same S and rate)
+                    if kind == "floor" and not ts_step(out, subs, rate, cfg.pin):
+                        break
                     row = fanout_step(cfg, srv, kind, subs, rate, f"f{subs}r{rate}")
                     if row["client"].get("setup_eof"):
                         # connections that got no answer until the server's
@@ -780,6 +859,14 @@ def scenario_fanout(cfg, servers, plan, out):
                         f"p99 {row['p99_ms']:.1f} ms cpu {fmt_num(row['cpu_pct'])}% "
                         f"client {row['client_cpu_pct']:.0f}% "
                         f"{'held' if row['held'] else 'NOT held'} {row['problems'] or ''}")
+                    if kind == "floor":
+                        t = ts_step(out, subs, rate, cfg.pin)
+                        tc = t["cpu_us_per_delivery"] if t else None
+                        fc = row["cpu_us_per_delivery"]
+                        own = (row.get("floor") or {}).get("cpu_us_per_delivery")
+                        log(f"fanout {'':12} S={subs:5} rate={rate:5}/s: CPU per delivery: "
+                            f"floor {fmt_num(fc)} us (its getrusage: {fmt_num(own)} us), "
+                            f"taskstreamd {fmt_num(tc)} us, vs floor {ratio(tc, fc)}")
                     # past the failing step, or once the server has no CPU
                     # left and no longer keeps up with the source, a faster
                     # step shows nothing new (the ticker alone falls short of
@@ -999,6 +1086,8 @@ def scenario_shutdown(cfg, out):
 def make_server(cfg, kind, env=None):
     if kind == "taskstreamd":
         return Taskstreamd(cfg, env)
+    if kind == "floor":
+        return Floor(cfg)
     return Nchan(cfg)  # env is taskstreamd's
 
 
@@ -1033,6 +1122,8 @@ class Config:
         self.plan = dict(SMOKE if args.smoke else FULL)
         self.taskstreamd = os.path.abspath(args.taskstreamd)
         self.sseload = os.path.abspath(args.sseload)
+        self.floor = os.path.abspath(args.floor_bin or os.path.join(os.path.dirname(self.sseload),
+                                                                    "floor"))
         self.set_pinning(not args.no_pin and (os.cpu_count() or 1) >= 2
                          and shutil.which("taskset") is not None)
         self.main_pinned = self.pin
@@ -1082,6 +1173,31 @@ def best_fanout(results, kind, subs, pinned=True, flag="held"):
     held = [r for r in rows(results, "fanout", server=kind, subscribers=subs)
             if r.get(flag) and r.get("pinned", True) == pinned]
     return max(held, key=lambda r: r["delivery_rate"], default=None)
+
+
+def ts_step(results, subs, rate, pinned):
+    """The (last) taskstreamd fan-out step at this S and rate."""
+    t = [r for r in rows(results, "fanout", server="taskstreamd", subscribers=subs,
+                         rate_per_stream=rate) if r.get("pinned", True) == bool(pinned)]
+    return t[-1] if t else None
+
+
+def floor_line(results, s, t, c, pinned):
+    """The summary line "CPU per delivery vs floor" for S=s: taskstreamd's
+    (t) and nchan's (c) best step over the floor's at the same rate."""
+    floors = [r for r in rows(results, "fanout", server="floor", subscribers=s)
+              if r.get("pinned", True) == pinned]
+    if not floors:
+        return None
+    cells, notes = [], {}
+    for r in (t, c):
+        f = [x for x in floors if r and x["rate_per_stream"] == r["rate_per_stream"]]
+        fv = f[-1]["cpu_us_per_delivery"] if f else None
+        cells.append(ratio(r["cpu_us_per_delivery"] if r else None, fv))
+        if f:
+            notes[r["rate_per_stream"]] = f"floor at {r['rate_per_stream']}/s: {fmt_num(fv)} us"
+    return (f"| fan-out {s:,} subs: CPU per delivery vs floor (bench/floor.c, same rate) | "
+            f"{cells[0]} | {cells[1]} | | {'; '.join(notes.values())} |")
 
 
 def ratio(a, b, invert=False):
@@ -1150,6 +1266,9 @@ def summary_table(results, cfg, pinned=True, fanout_only=False):
         cc = c["cpu_us_per_delivery"] if c else None
         lines.append(f"| fan-out {s:,} subs: server CPU per delivery (us) | {fmt_num(tc)} | "
                      f"{fmt_num(cc)} | {ratio(tc, cc)} | |")
+        line = floor_line(results, s, t, c, pinned)
+        if line:
+            lines.append(line)
         t = best_fanout(results, "taskstreamd", s, pinned, "carried")
         c = best_fanout(results, "nginx+nchan", s, pinned, "carried")
         if t != best_fanout(results, "taskstreamd", s, pinned) or \
@@ -1276,6 +1395,10 @@ def render(results, facts, cfg, argv):
              f"{facts['libmicrohttpd']}, HTTP_THREADS={cfg.http_threads}; it also runs the "
              f"ticker tasks on its worker threads (thread counts below)",
              f"- nginx {facts['nginx']}, nchan (libnginx-mod-nchan) {facts['nchan']}, one worker",
+             *([f"- floor: bench/floor.c, the same frames written to the same sockets and "
+                f"nothing else (one write per stream and event), one thread pinned, one per "
+                f"CPU unpinned; run next to each taskstreamd fan-out step"]
+               if rows(results, "fanout", server="floor") else []),
              f"- pinning: {pin}; load: bench/sseload (C, epoll), "
              f"{cfg.processes} process(es) per scenario",
              f"- command: `{' '.join(argv)}`",
@@ -1337,6 +1460,11 @@ def main(argv):
     ap.add_argument("--only", default=",".join(SCENARIOS),
                     help="comma-separated scenarios: " + ", ".join(SCENARIOS))
     ap.add_argument("--no-nchan", action="store_true", help="taskstreamd only")
+    ap.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                    help="fan-out: also run bench/floor.c at each taskstreamd step, for "
+                    "\"CPU per delivery vs floor\" (default: on)")
+    ap.add_argument("--floor-bin", help="the built bench/floor.c (default: floor next to "
+                    "--sseload; make bench builds it)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and load to CPUs")
     ap.add_argument("--no-free", action="store_true",
                     help="skip the second fan-out run without pinning")
@@ -1406,6 +1534,13 @@ def main(argv):
         else:
             log("nginx or the nchan module is missing (scripts/deps.sh bench): taskstreamd only")
 
+    fanout_servers = list(servers)
+    if args.floor and "fanout" in only:
+        if os.access(cfg.floor, os.X_OK):
+            fanout_servers.append("floor")
+        else:
+            log(f"{cfg.floor} is not built (make bench builds it): no fan-out floor")
+
     facts = machine_facts(cfg.taskstreamd)
     log(f"{facts['nproc']} CPUs, {facts['cpu']}; pinning {'on' if cfg.pin else 'off'}; "
         f"nofile {cfg.nofile}; work dir {cfg.workdir}")
@@ -1415,11 +1550,11 @@ def main(argv):
         if "held" in only:
             scenario_held(cfg, servers, cfg.plan["held"], results)
         if "fanout" in only:
-            scenario_fanout(cfg, servers, cfg.plan["fanout"], results)
+            scenario_fanout(cfg, fanout_servers, cfg.plan["fanout"], results)
             if cfg.pin and cfg.plan.get("fanout_free") and not args.no_free:
                 cfg.set_pinning(False)
                 try:
-                    scenario_fanout(cfg, servers, cfg.plan["fanout_free"], results)
+                    scenario_fanout(cfg, fanout_servers, cfg.plan["fanout_free"], results)
                 finally:
                     cfg.set_pinning(True)
         if "many" in only:
@@ -1434,7 +1569,8 @@ def main(argv):
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"facts": facts, "results": results, "elapsed_s": elapsed,
-                           "servers": servers, "pinned": bool(cfg.pin),
+                           "servers": servers, "fanout_servers": fanout_servers,
+                           "pinned": bool(cfg.pin),
                            "http_threads": cfg.http_threads,
                            "argv": ["bench/run.py"] + argv[1:]}, f, indent=1)
         if args.keep:

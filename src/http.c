@@ -1370,6 +1370,9 @@ conn_close(struct conn *c)
         DL_DELETE(l->conns, c);
     }
     c->state = C_CLOSED;
+    /* Out of the set before the close: a child process between fork and
+     * exec still holds the socket, and epoll would go on reporting it. */
+    epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->fd = -1;
     free_request(c);
