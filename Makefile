@@ -75,8 +75,7 @@ fuzz:
 bench:
 	@scripts/deps.sh bench
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-	@cmake --build $(BUILD) -j $(JOBS) --target taskstreamd sseload
-	$(CC) -std=c11 -O2 -Wall -Wextra -Werror -pthread -o $(BUILD)/floor bench/floor.c
+	@cmake --build $(BUILD) -j $(JOBS) --target taskstreamd sseload floor
 	python3 bench/run.py --taskstreamd $(BUILD)/taskstreamd --sseload $(BUILD)/sseload \
 		--write docs/performance.md $(BENCH_ARGS)
 
