@@ -390,7 +390,7 @@ query_decode(const char *p, size_t len, char *out)
     for (size_t i = 0; i < len; i++) {
         if (p[i] == '+') {
             out[n++] = ' ';
-        } else if (p[i] == '%' && i + 2 < len + 0 && i + 2 <= len - 1 + 1) {
+        } else if (p[i] == '%' && i + 2 < len) {
             char hex[3] = {p[i + 1], p[i + 2], '\0'};
 
             out[n++] = (char)strtol(hex, NULL, 16);
@@ -406,11 +406,12 @@ query_decode(const char *p, size_t len, char *out)
 const char *
 ts_http_query(struct ts_http_request *req, const char *name)
 {
-    const char *q = req->head.query.p, *end = q + req->head.query.len;
+    const char *q = req->head.query.p, *end;
     size_t want = strlen(name);
 
     if (q == NULL)
         return NULL;
+    end = q + req->head.query.len;
     /* split_path() has checked every escape of the query: each is %XX. */
     while (q < end) {
         const char *amp = memchr(q, '&', (size_t)(end - q));
@@ -737,6 +738,8 @@ free_request(struct conn *c)
 static void
 consume(struct conn *c, size_t n)
 {
+    if (c->in == NULL)
+        return;
     memmove(c->in, c->in + n, c->in_len - n);
     c->in_len -= n;
     if (c->in_len == 0) {
