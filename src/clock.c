@@ -9,6 +9,7 @@
  * clock past the deadline (or something else signals the condition).
  */
 #include <errno.h>
+#include <string.h>
 #include <time.h>
 
 #include "clock.h"
@@ -115,36 +116,76 @@ static int
 fake_wait(void *self, pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ns)
 {
     struct ts_fake_clock *fc = self;
+    size_t slot = TS_FAKE_CLOCK_WAITERS;
     bool due;
 
     /* Register before checking the time: an advance() that lands between
      * the check and the wait then finds us and broadcasts under `mu`, which
      * it cannot take until pthread_cond_wait() has released it. */
     pthread_mutex_lock(&fc->mu);
-    fc->waiting_cv = cv;
-    fc->waiting_mu = mu;
+    for (size_t i = 0; i < TS_FAKE_CLOCK_WAITERS && slot == TS_FAKE_CLOCK_WAITERS; i++)
+        if (fc->waiting[i].cv == NULL)
+            slot = i;
+    if (slot < TS_FAKE_CLOCK_WAITERS) {
+        fc->waiting[slot].cv = cv;
+        fc->waiting[slot].mu = mu;
+    }
     due = fc->now_ns >= deadline_ns;
     pthread_mutex_unlock(&fc->mu);
-    if (due)
-        return ETIMEDOUT;
-    pthread_cond_wait(cv, mu);
-    return 0;
+    if (!due)
+        pthread_cond_wait(cv, mu);
+    pthread_mutex_lock(&fc->mu);
+    if (slot < TS_FAKE_CLOCK_WAITERS)
+        fc->waiting[slot].cv = NULL;
+    pthread_mutex_unlock(&fc->mu);
+    return due ? ETIMEDOUT : 0;
+}
+
+static int
+fake_watch(void *self, void (*fn)(void *arg), void *arg)
+{
+    struct ts_fake_clock *fc = self;
+    int rc = -ENOSPC;
+
+    pthread_mutex_lock(&fc->mu);
+    for (size_t i = 0; i < TS_FAKE_CLOCK_WATCHERS && rc != 0; i++) {
+        if (fc->watchers[i].fn == NULL) {
+            fc->watchers[i].fn = fn;
+            fc->watchers[i].arg = arg;
+            rc = 0;
+        }
+    }
+    pthread_mutex_unlock(&fc->mu);
+    return rc;
+}
+
+static void
+fake_unwatch(void *self, void (*fn)(void *arg), void *arg)
+{
+    struct ts_fake_clock *fc = self;
+
+    pthread_mutex_lock(&fc->mu);
+    for (size_t i = 0; i < TS_FAKE_CLOCK_WATCHERS; i++)
+        if (fc->watchers[i].fn == fn && fc->watchers[i].arg == arg)
+            fc->watchers[i].fn = NULL;
+    pthread_mutex_unlock(&fc->mu);
 }
 
 static const struct ts_clock_ops fake_ops = {
     .now_ns = fake_now_ns,
     .wall_ns = fake_wall_ns,
     .wait = fake_wait,
+    .watch = fake_watch,
+    .unwatch = fake_unwatch,
 };
 
 void
 ts_fake_clock_init(struct ts_fake_clock *fc, int64_t start_ns)
 {
+    memset(fc, 0, sizeof(*fc));
     pthread_mutex_init(&fc->mu, NULL);
     fc->now_ns = start_ns;
     fc->wall_ns = INT64_C(1700000000) * TS_NS_PER_S + start_ns;
-    fc->waiting_cv = NULL;
-    fc->waiting_mu = NULL;
 }
 
 void
@@ -159,21 +200,56 @@ ts_fake_clock_view(struct ts_fake_clock *fc)
     return (struct ts_clock){.ops = &fake_ops, .self = fc};
 }
 
+/*
+ * Each waiter is woken under its own mutex, which is never taken with the
+ * clock's: the list is copied first. A waiter cannot go away while it is
+ * listed, as it unlists itself before it returns, and its mutex is taken
+ * here only while it is listed... or just after: a waiter's mutex and cv
+ * must outlive the clock's last advance() (they do in every test: both live
+ * in the service that waits).
+ */
 void
 ts_fake_clock_advance(struct ts_fake_clock *fc, int64_t delta_ns)
 {
-    pthread_cond_t *cv;
-    pthread_mutex_t *mu;
+    pthread_cond_t *cvs[TS_FAKE_CLOCK_WAITERS];
+    pthread_mutex_t *mus[TS_FAKE_CLOCK_WAITERS];
+    void (*fns[TS_FAKE_CLOCK_WATCHERS])(void *);
+    void *args[TS_FAKE_CLOCK_WATCHERS];
+    size_t n = 0, nw = 0;
 
     pthread_mutex_lock(&fc->mu);
     fc->now_ns += delta_ns;
     fc->wall_ns += delta_ns;
-    cv = fc->waiting_cv;
-    mu = fc->waiting_mu;
-    pthread_mutex_unlock(&fc->mu);
-    if (cv != NULL) {
-        pthread_mutex_lock(mu);
-        pthread_cond_broadcast(cv);
-        pthread_mutex_unlock(mu);
+    for (size_t i = 0; i < TS_FAKE_CLOCK_WAITERS; i++) {
+        if (fc->waiting[i].cv != NULL) {
+            cvs[n] = fc->waiting[i].cv;
+            mus[n++] = fc->waiting[i].mu;
+        }
     }
+    for (size_t i = 0; i < TS_FAKE_CLOCK_WATCHERS; i++) {
+        if (fc->watchers[i].fn != NULL) {
+            fns[nw] = fc->watchers[i].fn;
+            args[nw++] = fc->watchers[i].arg;
+        }
+    }
+    pthread_mutex_unlock(&fc->mu);
+    for (size_t i = 0; i < n; i++) {
+        pthread_mutex_lock(mus[i]);
+        pthread_cond_broadcast(cvs[i]);
+        pthread_mutex_unlock(mus[i]);
+    }
+    for (size_t i = 0; i < nw; i++)
+        fns[i](args[i]);
+}
+
+unsigned
+ts_fake_clock_waiters(struct ts_fake_clock *fc)
+{
+    unsigned n = 0;
+
+    pthread_mutex_lock(&fc->mu);
+    for (size_t i = 0; i < TS_FAKE_CLOCK_WAITERS; i++)
+        n += fc->waiting[i].cv != NULL;
+    pthread_mutex_unlock(&fc->mu);
+    return n;
 }

@@ -132,9 +132,11 @@ struct ts_http_loop {
     int *inbox; /* accepted descriptors to take; mu */
     struct ip_count **inbox_ip;
     size_t inbox_n, inbox_cap;
-    struct ts_http_post *posts, *posts_tail; /* mu */
+    struct ts_http_post *posts, *posts_tail; /* POST_QUEUED; mu */
+    struct ts_http_post *batch;              /* POST_TAKEN: to run this turn; the thread's */
     bool signalled;                          /* evfd written and not yet read; mu */
     bool stop;                               /* mu */
+    bool watching;                           /* loop_clock_moved() is the clock's watcher */
 
     /* the loop thread's own */
     struct conn *conns;   /* not streaming */
@@ -1444,12 +1446,20 @@ loop_signal_locked(struct ts_http_loop *l)
     (void)!write(l->evfd, &one, sizeof(one));
 }
 
+/*
+ * A post is idle, queued (on `posts`, which other threads append to), or
+ * taken (on `batch`, which only the loop thread walks): a post that is
+ * queued or taken is not queued again, as it has not run yet, and its `next`
+ * is never touched by another thread while the loop walks its batch.
+ */
+enum { POST_IDLE, POST_QUEUED, POST_TAKEN };
+
 void
 ts_http_post(struct ts_http_loop *l, struct ts_http_post *p)
 {
     pthread_mutex_lock(&l->mu);
-    if (!p->queued) {
-        p->queued = true;
+    if (p->state == POST_IDLE) {
+        p->state = POST_QUEUED;
         p->next = NULL;
         if (l->posts_tail != NULL)
             l->posts_tail->next = p;
@@ -1461,22 +1471,33 @@ ts_http_post(struct ts_http_loop *l, struct ts_http_post *p)
     pthread_mutex_unlock(&l->mu);
 }
 
+/* Take `p` off the list `*head`; the previous entry, or NULL. */
+static struct ts_http_post *
+unlink_post(struct ts_http_post **head, struct ts_http_post *p)
+{
+    struct ts_http_post **pp = head, *prev = NULL;
+
+    while (*pp != p) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    *pp = p->next;
+    return prev;
+}
+
 void
 ts_http_post_cancel(struct ts_http_loop *l, struct ts_http_post *p)
 {
     pthread_mutex_lock(&l->mu);
-    if (p->queued) {
-        struct ts_http_post **pp = &l->posts, *prev = NULL;
+    if (p->state == POST_QUEUED) {
+        struct ts_http_post *prev = unlink_post(&l->posts, p);
 
-        while (*pp != p) {
-            prev = *pp;
-            pp = &(*pp)->next;
-        }
-        *pp = p->next;
         if (l->posts_tail == p)
             l->posts_tail = prev;
-        p->queued = false;
+    } else if (p->state == POST_TAKEN) {
+        unlink_post(&l->batch, p);
     }
+    p->state = POST_IDLE;
     pthread_mutex_unlock(&l->mu);
 }
 
@@ -1484,7 +1505,6 @@ ts_http_post_cancel(struct ts_http_loop *l, struct ts_http_post *p)
 static bool
 loop_take(struct ts_http_loop *l)
 {
-    struct ts_http_post *posts;
     int *fds = NULL;
     struct ip_count **ips = NULL;
     size_t n;
@@ -1508,21 +1528,25 @@ loop_take(struct ts_http_loop *l)
             loop_signal_locked(l); /* try again on the next turn */
         }
     }
-    posts = l->posts;
+    l->batch = l->posts;
     l->posts = l->posts_tail = NULL;
-    for (struct ts_http_post *p = posts; p != NULL; p = p->next)
-        p->queued = false;
+    for (struct ts_http_post *p = l->batch; p != NULL; p = p->next)
+        p->state = POST_TAKEN;
     pthread_mutex_unlock(&l->mu);
 
     for (size_t i = 0; i < n; i++)
         conn_open(l, fds[i], ips[i]);
     free(fds);
     free(ips);
-    /* run() may post again (itself too): each was unqueued first. */
-    while (posts != NULL) {
-        struct ts_http_post *p = posts;
+    /* Each is idle again just before it runs: what is posted from then on
+     * runs on a later turn. run() may cancel one still in the batch. */
+    while (l->batch != NULL) {
+        struct ts_http_post *p = l->batch;
 
-        posts = p->next;
+        pthread_mutex_lock(&l->mu);
+        l->batch = p->next;
+        p->state = POST_IDLE;
+        pthread_mutex_unlock(&l->mu);
         p->run(p);
     }
     return !stop;
@@ -1735,9 +1759,22 @@ ts_http_quiesce(struct ts_http *h)
     ts_listener_close(h->listener);
 }
 
+/* A clock whose time jumps (a test's): look at the timers again. */
+static void
+loop_clock_moved(void *arg)
+{
+    struct ts_http_loop *l = arg;
+
+    pthread_mutex_lock(&l->mu);
+    loop_signal_locked(l);
+    pthread_mutex_unlock(&l->mu);
+}
+
 static void
 loop_dispose(struct ts_http_loop *l)
 {
+    if (l->watching)
+        ts_clock_unwatch(&l->h->cfg.clock, loop_clock_moved, l);
     for (size_t i = 0; i < l->inbox_n; i++) {
         close(l->inbox[i]);
         ip_release(l->h, l->inbox_ip[i]);
@@ -1762,7 +1799,8 @@ loop_init(struct ts_http *h, struct ts_http_loop *l)
     l->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (l->epfd < 0 || l->evfd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->evfd, &ev) != 0)
         return -errno;
-    return 0;
+    l->watching = ts_clock_watch(&h->cfg.clock, loop_clock_moved, l) == 0;
+    return l->watching ? 0 : -ENOSPC;
 }
 
 static void

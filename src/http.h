@@ -185,8 +185,8 @@ void ts_http_stream_run(struct ts_http_stream *st);
  * empty to non-empty). run() is called on the loop thread.
  */
 struct ts_http_post {
-    struct ts_http_post *next; /* the loop's lock */
-    bool queued;               /* the loop's lock */
+    struct ts_http_post *next; /* the loop's lock, or its thread once taken */
+    unsigned char state;       /* the loop's lock; 0: neither queued nor taken */
     void (*run)(struct ts_http_post *p);
 };
 

@@ -138,6 +138,13 @@ int
 ts_server_new(struct ts_server **out, const struct ts_config *cfg, struct ts_coordinator *coord,
               struct ts_log *log)
 {
+    return ts_server_new_with_clock(out, cfg, coord, log, ts_clock_real());
+}
+
+int
+ts_server_new_with_clock(struct ts_server **out, const struct ts_config *cfg,
+                         struct ts_coordinator *coord, struct ts_log *log, struct ts_clock clock)
+{
     struct ts_server *srv;
     struct ts_task_service_config tcfg;
     struct ts_sse_config scfg;
@@ -153,7 +160,7 @@ ts_server_new(struct ts_server **out, const struct ts_config *cfg, struct ts_coo
     srv->coord = coord;
     srv->drain = ts_coordinator_view(coord);
     srv->log = log;
-    srv->clock = ts_clock_real();
+    srv->clock = clock;
     srv->drain_sub = -1;
     err = ts_metrics_new(&srv->metrics);
     if (err != 0)

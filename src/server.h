@@ -45,6 +45,13 @@ struct ts_server {
     bool seen_shutdown;
 };
 
+/* ts_server_new() on a given clock: every service, timer and deadline of the
+ * server reads it (tests drive the stop sequence and the streams on a fake
+ * clock). The clock must outlive the server. */
+int ts_server_new_with_clock(struct ts_server **out, const struct ts_config *cfg,
+                             struct ts_coordinator *coord, struct ts_log *log,
+                             struct ts_clock clock);
+
 extern const struct ts_route ts_api_routes[];
 extern const size_t ts_api_nroutes;
 extern const struct ts_route ts_admin_routes[];

@@ -1118,9 +1118,7 @@ fake_clock_has_waiter(struct fixture *fx)
     bool waiting = false;
 
     for (int i = 0; i < 2000 && !waiting; i++) {
-        pthread_mutex_lock(&fx->fake.mu);
-        waiting = fx->fake.waiting_cv != NULL;
-        pthread_mutex_unlock(&fx->fake.mu);
+        waiting = ts_fake_clock_waiters(&fx->fake) > 0;
         if (!waiting)
             nanosleep(&step, NULL);
     }
