@@ -22,7 +22,7 @@ get_healthz(void *app, struct ts_http_request *req, const char *id)
 {
     (void)app;
     (void)id;
-    { ts_http_reply_json(req, 200, json_pack("{s:s}", "status", "ok")); return; }
+    ts_http_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
 }
 
 static void
@@ -31,10 +31,11 @@ get_readyz(void *app, struct ts_http_request *req, const char *id)
     struct ts_server *srv = app;
 
     (void)id;
-    if (ts_drain_is_draining(&srv->drain))
-        { ts_http_reply_json(req, 503,
-                                  json_pack("{s:s}", "status", "draining")); return; }
-    { ts_http_reply_json(req, 200, json_pack("{s:s}", "status", "ready")); return; }
+    if (ts_drain_is_draining(&srv->drain)) {
+        ts_http_reply_json(req, 503, json_pack("{s:s}", "status", "draining"));
+        return;
+    }
+    ts_http_reply_json(req, 200, json_pack("{s:s}", "status", "ready"));
 }
 
 static void
@@ -45,9 +46,10 @@ get_metrics(void *app, struct ts_http_request *req, const char *id)
     size_t len;
 
     (void)id;
-    if (ts_metrics_render(srv->metrics, &text, &len) != 0)
-        { ts_http_reply_error(req, 500, "out_of_memory",
-                                   "cannot render the metrics"); return; }
+    if (ts_metrics_render(srv->metrics, &text, &len) != 0) {
+        ts_http_reply_error(req, 500, "out_of_memory", "cannot render the metrics");
+        return;
+    }
     ts_http_reply(req, 200, TS_METRICS_CONTENT_TYPE, text, len);
     free(text);
 }
@@ -61,7 +63,7 @@ authorized(struct ts_server *srv, struct ts_http_request *req)
 
     if (rc == -ENOENT) {
         ts_http_reply_error(req, 403, "drain_disabled",
-                                   "no DRAIN_AUTH_KEY is configured, so /drain is disabled");
+                            "no DRAIN_AUTH_KEY is configured, so /drain is disabled");
         return false;
     }
     if (rc == 0)
@@ -82,7 +84,7 @@ post_drain(void *app, struct ts_http_request *req, const char *id)
     if (!authorized(srv, req))
         return;
     ts_coordinator_drain(srv->coord);
-    { ts_http_reply_json(req, 202, ts_server_state_json(srv)); return; }
+    ts_http_reply_json(req, 202, ts_server_state_json(srv));
 }
 
 static void
@@ -93,11 +95,13 @@ delete_drain(void *app, struct ts_http_request *req, const char *id)
     (void)id;
     if (!authorized(srv, req))
         return;
-    if (ts_coordinator_undrain(srv->coord) != 0)
-        { ts_http_reply_error(req, 409, "shutting_down",
-                                   "the process is shutting down and cannot return to serving"); return; }
+    if (ts_coordinator_undrain(srv->coord) != 0) {
+        ts_http_reply_error(req, 409, "shutting_down",
+                            "the process is shutting down and cannot return to serving");
+        return;
+    }
     ts_log(srv->log, TS_LOG_INFO, "manual drain cancelled, serving again", TS_F_END);
-    { ts_http_reply_json(req, 200, ts_server_state_json(srv)); return; }
+    ts_http_reply_json(req, 200, ts_server_state_json(srv));
 }
 
 const struct ts_route ts_admin_routes[] = {

@@ -65,22 +65,28 @@ post_task(void *app, struct ts_http_request *req, const char *id)
     (void)id;
     if (!api_authorized(srv, req))
         return;
-    if (ts_drain_is_draining(&srv->drain))
-        { reply_with_retry(req, 503, RETRY_AFTER_DRAINING, "draining",
-                                "the server is draining; retry on another instance"); return; }
-    if (!is_json_type(ts_http_header(req, "Content-Type")))
-        { ts_http_reply_error(req, 415, "unsupported_media_type",
-                                   "send the task as Content-Type: application/json"); return; }
+    if (ts_drain_is_draining(&srv->drain)) {
+        reply_with_retry(req, 503, RETRY_AFTER_DRAINING, "draining",
+                         "the server is draining; retry on another instance");
+        return;
+    }
+    if (!is_json_type(ts_http_header(req, "Content-Type"))) {
+        ts_http_reply_error(req, 415, "unsupported_media_type",
+                            "send the task as Content-Type: application/json");
+        return;
+    }
     text = ts_http_body(req, &len);
     body = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (body == NULL)
-        { ts_http_reply_error(req, 400, "invalid_json",
-                                   "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
-                                   jerr.text); return; }
+    if (body == NULL) {
+        ts_http_reply_error(req, 400, "invalid_json", "invalid JSON at line %d, column %d: %s",
+                            jerr.line, jerr.column, jerr.text);
+        return;
+    }
     if (!json_is_object(body)) {
         json_decref(body);
-        { ts_http_reply_error(req, 422, "invalid_task",
-                                   "the body must be a JSON object with a \"kind\""); return; }
+        ts_http_reply_error(req, 422, "invalid_task",
+                            "the body must be a JSON object with a \"kind\"");
+        return;
     }
 
     rc = ts_task_submit(srv->tasks, body, &task, err, sizeof(err));
@@ -89,22 +95,23 @@ post_task(void *app, struct ts_http_request *req, const char *id)
     case 0:
         break;
     case -ESHUTDOWN:
-        { reply_with_retry(req, 503, RETRY_AFTER_DRAINING, "draining",
-                                err); return; }
+        reply_with_retry(req, 503, RETRY_AFTER_DRAINING, "draining", err);
+        return;
     case -EAGAIN:
-        { reply_with_retry(req, 429, RETRY_AFTER_QUEUE_FULL,
-                                "queue_full", err); return; }
+        reply_with_retry(req, 429, RETRY_AFTER_QUEUE_FULL, "queue_full", err);
+        return;
     case -ENOSPC:
-        { reply_with_retry(req, 503, RETRY_AFTER_QUEUE_FULL,
-                                "retained_bytes", err); return; }
+        reply_with_retry(req, 503, RETRY_AFTER_QUEUE_FULL, "retained_bytes", err);
+        return;
     case -ENOENT:
-        { ts_http_reply_error(req, 404, "unknown_kind", "%s", err); return; }
+        ts_http_reply_error(req, 404, "unknown_kind", "%s", err);
+        return;
     case -EINVAL:
-        { ts_http_reply_error(req, 422, "invalid_parameters", "%s",
-                                   err); return; }
+        ts_http_reply_error(req, 422, "invalid_parameters", "%s", err);
+        return;
     default:
-        { ts_http_reply_error(req, 500, "internal",
-                                   "cannot create the task: %s", ts_strerror(rc)); return; }
+        ts_http_reply_error(req, 500, "internal", "cannot create the task: %s", ts_strerror(rc));
+        return;
     }
 
     snprintf(location, sizeof(location), "/v1/tasks/%s", ts_task_get_id(task));
@@ -128,16 +135,19 @@ get_tasks(void *app, struct ts_http_request *req, const char *id)
     (void)id;
     if (!api_authorized(srv, req))
         return;
-    if (state != NULL && ts_task_parse_states(state, &states) != 0)
-        { ts_http_reply_error(req, 400, "invalid_query",
-                                   "state must be a comma-separated list of queued, running, "
-                                   "succeeded, failed, cancelled"); return; }
-    if (limit != NULL && ts_parse_uint(limit, 1, LIST_LIMIT_MAX, &n) != 0)
-        { ts_http_reply_error(req, 400, "invalid_query",
-                                   "limit must be a whole number from 1 to %d", LIST_LIMIT_MAX); return; }
-    { ts_http_reply_json(
-        req, 200,
-        json_pack("{s:o}", "tasks", ts_task_service_list(srv->tasks, states, (size_t)n))); return; }
+    if (state != NULL && ts_task_parse_states(state, &states) != 0) {
+        ts_http_reply_error(req, 400, "invalid_query",
+                            "state must be a comma-separated list of queued, running, "
+                            "succeeded, failed, cancelled");
+        return;
+    }
+    if (limit != NULL && ts_parse_uint(limit, 1, LIST_LIMIT_MAX, &n) != 0) {
+        ts_http_reply_error(req, 400, "invalid_query", "limit must be a whole number from 1 to %d",
+                            LIST_LIMIT_MAX);
+        return;
+    }
+    ts_http_reply_json(
+        req, 200, json_pack("{s:o}", "tasks", ts_task_service_list(srv->tasks, states, (size_t)n)));
 }
 
 /* GET /v1/commands: the allow-listed commands and their parameters (no
@@ -150,10 +160,10 @@ get_commands(void *app, struct ts_http_request *req, const char *id)
     (void)id;
     if (!api_authorized(srv, req))
         return;
-    { ts_http_reply_json(
+    ts_http_reply_json(
         req, 200,
         json_pack("{s:o}", "commands",
-                  srv->commands != NULL ? ts_commands_to_json(srv->commands) : json_array())); return; }
+                  srv->commands != NULL ? ts_commands_to_json(srv->commands) : json_array()));
 }
 
 /* The task named by the path, or NULL after answering 404. */
@@ -166,9 +176,9 @@ find_task(struct ts_server *srv, struct ts_http_request *req, const char *id)
         task = ts_task_find(srv->tasks, id);
     if (task == NULL)
         ts_http_reply_error(req, 404, "unknown_task",
-                                   "no task with id \"%.64s\" (ids are 32 lowercase hex digits; "
-                                   "finished tasks are kept for a while, then forgotten)",
-                                   id);
+                            "no task with id \"%.64s\" (ids are 32 lowercase hex digits; "
+                            "finished tasks are kept for a while, then forgotten)",
+                            id);
     return task;
 }
 
@@ -199,8 +209,7 @@ delete_task(void *app, struct ts_http_request *req, const char *id)
     if (task == NULL)
         return;
     if (ts_task_cancel(srv->tasks, task) == -EALREADY)
-        ts_http_reply_error(req, 409, "already_finished",
-                                  "task %s has already finished", id);
+        ts_http_reply_error(req, 409, "already_finished", "task %s has already finished", id);
     else
         ts_http_reply_json(req, 202, ts_task_to_json(task));
     ts_task_unref(task);

@@ -121,7 +121,7 @@ ts_dashboard_page(void *app, struct ts_http_request *req, const char *id)
 {
     (void)app;
     (void)id;
-    { serve(req, &page); return; }
+    serve(req, &page);
 }
 
 void
@@ -129,9 +129,11 @@ ts_dashboard_asset(void *app, struct ts_http_request *req, const char *id)
 {
     (void)app;
     for (size_t i = 0; i < TS_ARRAY_SIZE(assets); i++) {
-        if (strcmp(assets[i].name, id) == 0)
-            { serve(req, &assets[i]); return; }
+        if (strcmp(assets[i].name, id) == 0) {
+            serve(req, &assets[i]);
+            return;
+        }
     }
-    { ts_http_reply_error(req, 404, "not_found",
-                               "no dashboard file \"%.64s\" (the page is at /)", id); return; }
+    ts_http_reply_error(req, 404, "not_found", "no dashboard file \"%.64s\" (the page is at /)",
+                        id);
 }

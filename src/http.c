@@ -60,10 +60,10 @@
 #include "listener.h"
 
 #define MAX_ID_LEN 64
-#define READ_CHUNK 16384            /* bytes asked of recv() at a time */
-#define BODY_READ_AHEAD 65536       /* input buffered past the head, at most */
+#define READ_CHUNK 16384              /* bytes asked of recv() at a time */
+#define BODY_READ_AHEAD 65536         /* input buffered past the head, at most */
 #define SWEEP_NS (250 * TS_NS_PER_MS) /* deadlines are checked this often */
-#define LINGER_NS (2 * TS_NS_PER_S) /* a closing connection drains its input this long */
+#define LINGER_NS (2 * TS_NS_PER_S)   /* a closing connection drains its input this long */
 #define EPOLL_EVENTS 256
 
 enum conn_state {
@@ -76,8 +76,17 @@ enum conn_state {
 };
 
 /* Where the chunked decoder is (RFC 9112 section 7.1). */
-enum chunk_state { CK_SIZE, CK_EXT, CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF, CK_TRAILER,
-                   CK_TRAILER_LF, CK_LAST_LF };
+enum chunk_state {
+    CK_SIZE,
+    CK_EXT,
+    CK_SIZE_LF,
+    CK_DATA,
+    CK_DATA_CR,
+    CK_DATA_LF,
+    CK_TRAILER,
+    CK_TRAILER_LF,
+    CK_LAST_LF
+};
 
 struct ip_count {
     UT_hash_handle hh;
@@ -116,8 +125,8 @@ struct conn {
     /* C_STREAM */
     const struct ts_http_stream_ops *ops;
     void *ctx;
-    int64_t written_ns; /* the last write (silence is measured from it) */
-    int64_t quiet_ns;   /* the heartbeat timer: `streams` is ordered by it */
+    int64_t written_ns;                     /* the last write (silence is measured from it) */
+    int64_t quiet_ns;                       /* the heartbeat timer: `streams` is ordered by it */
     struct iovec pend[TS_HTTP_OUT_MAX + 1]; /* and the chunked body's end */
     void *pref[TS_HTTP_OUT_MAX + 1];
     unsigned pend_first, pend_n;
@@ -190,34 +199,41 @@ static void start_stream(struct conn *c);
 
 /* ---- small things ---- */
 
+static const struct {
+    unsigned status;
+    const char *phrase;
+} reasons[] = {
+    {100, "Continue"},
+    {200, "OK"},
+    {202, "Accepted"},
+    {204, "No Content"},
+    {304, "Not Modified"},
+    {400, "Bad Request"},
+    {401, "Unauthorized"},
+    {403, "Forbidden"},
+    {404, "Not Found"},
+    {405, "Method Not Allowed"},
+    {409, "Conflict"},
+    {413, "Content Too Large"},
+    {414, "URI Too Long"},
+    {415, "Unsupported Media Type"},
+    {417, "Expectation Failed"},
+    {422, "Unprocessable Content"},
+    {429, "Too Many Requests"},
+    {431, "Request Header Fields Too Large"},
+    {500, "Internal Server Error"},
+    {501, "Not Implemented"},
+    {503, "Service Unavailable"},
+    {505, "HTTP Version Not Supported"},
+};
+
 static const char *
 reason_phrase(unsigned status)
 {
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
-    }
+    for (size_t i = 0; i < TS_ARRAY_SIZE(reasons); i++)
+        if (reasons[i].status == status)
+            return reasons[i].phrase;
+    return "Unknown";
 }
 
 static void
@@ -564,8 +580,8 @@ ts_http_reply_json(struct ts_http_request *req, unsigned status, json_t *body)
 }
 
 void
-ts_http_reply_error(struct ts_http_request *req, unsigned status, const char *code,
-                    const char *fmt, ...)
+ts_http_reply_error(struct ts_http_request *req, unsigned status, const char *code, const char *fmt,
+                    ...)
 {
     char msg[512];
     va_list ap;
@@ -818,13 +834,14 @@ fail(struct conn *c, unsigned status, const char *why)
         return;
     }
     req->close = true;
-    ts_http_reply_error(req, status, status == 431   ? "header_too_large"
-                                     : status == 414 ? "uri_too_long"
-                                     : status == 413 ? "body_too_large"
-                                     : status == 501 ? "not_implemented"
-                                     : status == 505 ? "version_not_supported"
-                                     : status == 417 ? "expectation_failed"
-                                                     : "bad_request",
+    ts_http_reply_error(req, status,
+                        status == 431   ? "header_too_large"
+                        : status == 414 ? "uri_too_long"
+                        : status == 413 ? "body_too_large"
+                        : status == 501 ? "not_implemented"
+                        : status == 505 ? "version_not_supported"
+                        : status == 417 ? "expectation_failed"
+                                        : "bad_request",
                         "%s", why);
     if (!req->answered)
         conn_close(c);
@@ -901,8 +918,9 @@ begin_request(struct conn *c, size_t len)
     if (req->head.form == TS_HTTP_ASTERISK_FORM) {
         req->route = NULL;
     } else if (split_path(req->head.path, req->head.query, &path) != 0) {
-        fail(c, 400, "the request target holds a bad %-escape or encodes a control character "
-                     "(%00 to %1F, %7F)");
+        fail(c, 400,
+             "the request target holds a bad %-escape or encodes a control character "
+             "(%00 to %1F, %7F)");
         return;
     } else {
         req->route = find_route(h, &path, req);
@@ -1226,9 +1244,8 @@ stream_run(struct conn *c, enum ts_http_pull why)
         enum ts_http_more more;
 
         if (!stream_flush(c)) {
-            if (c->state == C_STREAM &&
-                c->ops->pull(c->ctx, NULL, TS_HTTP_PULL_BLOCKED, c->loop->now - c->written_ns) ==
-                    TS_HTTP_ABORT)
+            if (c->state == C_STREAM && c->ops->pull(c->ctx, NULL, TS_HTTP_PULL_BLOCKED,
+                                                     c->loop->now - c->written_ns) == TS_HTTP_ABORT)
                 conn_close(c);
             return;
         }

@@ -100,7 +100,8 @@ static void
 can(struct canned *c, const char *text)
 {
     c->plain_len = (size_t)snprintf(c->plain, sizeof(c->plain), "%s", text);
-    c->chunk_len = (size_t)snprintf(c->chunk, sizeof(c->chunk), "%zx\r\n%s\r\n", c->plain_len, text);
+    c->chunk_len =
+        (size_t)snprintf(c->chunk, sizeof(c->chunk), "%zx\r\n%s\r\n", c->plain_len, text);
 }
 
 static bool
@@ -462,8 +463,8 @@ static const struct ts_http_stream_ops stream_ops = {
 };
 
 void
-ts_sse_open(struct ts_sse *sse, struct ts_http_request *req, struct ts_task *task,
-            bool has_last_id, uint64_t last_id)
+ts_sse_open(struct ts_sse *sse, struct ts_http_request *req, struct ts_task *task, bool has_last_id,
+            uint64_t last_id)
 {
     const struct ts_event_log *log;
     uint64_t first, last, end_id;

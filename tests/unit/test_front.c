@@ -37,10 +37,10 @@
 struct env {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    unsigned asked;   /* events the test asked for beyond `initial` */
-    unsigned done;    /* of those, emitted */
-    bool started;     /* the initial events are in */
-    bool stop;        /* driven: return (after a cancel) */
+    unsigned asked; /* events the test asked for beyond `initial` */
+    unsigned done;  /* of those, emitted */
+    bool started;   /* the initial events are in */
+    bool stop;      /* driven: return (after a cancel) */
 };
 
 struct fixture {
@@ -59,8 +59,8 @@ emit_n(struct ts_task_ctx *ctx, unsigned from, unsigned n, size_t bytes)
     assert_non_null(pad);
     memset(pad, 'x', bytes);
     for (unsigned i = 0; i < n; i++)
-        assert_int_equal(ts_task_emit(ctx, "step", json_pack("{s:i, s:s}", "n", from + i, "pad", pad)),
-                         0);
+        assert_int_equal(
+            ts_task_emit(ctx, "step", json_pack("{s:i, s:s}", "n", from + i, "pad", pad)), 0);
     free(pad);
 }
 
@@ -114,9 +114,10 @@ static struct fixture *
 fixture_new(const char *extra_env)
 {
     struct fixture *fx = calloc(1, sizeof(*fx));
-    char *envp[16] = {"LISTEN=127.0.0.1:0", "ADMIN_LISTEN=127.0.0.1:0", "LOG_LEVEL=error",
-                      "SSE_HEARTBEAT_INTERVAL=10s", "SSE_RETRY=2s", "EVENT_LOG_EVENTS=8",
-                      "KINDS=ticker", NULL};
+    char *envp[16] = {"LISTEN=127.0.0.1:0", "ADMIN_LISTEN=127.0.0.1:0",
+                      "LOG_LEVEL=error",    "SSE_HEARTBEAT_INTERVAL=10s",
+                      "SSE_RETRY=2s",       "EVENT_LOG_EVENTS=8",
+                      "KINDS=ticker",       NULL};
     struct ts_config cfg;
     char err[256];
     size_t n = 7;
@@ -375,8 +376,7 @@ test_gap_then_the_retained_events(void **state)
     client_open(&c, fx, 0);
     open_stream(&c, fx, t, "Last-Event-ID: 1\r\n");
     assert_true(client_until(&c, "id: 12\n", READ_LIMIT_MS));
-    assert_non_null(
-        find(&c, "event: gap\ndata: {\"first_missing\":2,\"last_missing\":4}"));
+    assert_non_null(find(&c, "event: gap\ndata: {\"first_missing\":2,\"last_missing\":4}"));
     assert_true(find(&c, "event: gap") < find(&c, "id: 5\n"));
     assert_null(find(&c, "id: 4\n"));
     client_close(&c);
@@ -523,8 +523,8 @@ test_stop_sequence_waits_to_the_deadline(void **state)
     pthread_mutex_unlock(&sc.mu);
 
     advance_s(fx, 2);
-    assert_true(client_until(&c, "event: end\ndata: {\"status\":\"cancelled\",\"reason\":\"shutdown\"",
-                             READ_LIMIT_MS));
+    assert_true(client_until(
+        &c, "event: end\ndata: {\"status\":\"cancelled\",\"reason\":\"shutdown\"", READ_LIMIT_MS));
     assert_true(client_until(&c, "\r\n0\r\n\r\n", READ_LIMIT_MS));
     pthread_join(th, NULL);
     assert_true(sc.done);
