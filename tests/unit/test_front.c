@@ -237,6 +237,9 @@ client_open(struct client *c, struct fixture *fx, int rcvbuf)
     assert_int_equal(connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 }
 
+static void client_send(struct client *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 static void
 client_send(struct client *c, const char *fmt, ...)
 {
