@@ -367,9 +367,9 @@ static const struct setting settings[] = {
         .min = 4 * KIB,
         .max = MIB,
         FIELD(max_header_bytes),
-        .help = "Memory per connection: the request line and headers must fit in it (else "
-                "431/414), and responses are written through it. Every open stream holds "
-                "about this much, so it sets the memory per held stream.",
+        .help = "The request line and headers must fit in this (else 414/431, then close). "
+                "A connection holds a buffer of up to this size only while it reads a head; "
+                "an open stream holds none.",
     },
     {
         .name = "idle_timeout",

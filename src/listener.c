@@ -346,8 +346,8 @@ ts_listener_start(struct ts_listener **out, const struct ts_listener_config *cfg
         err = l->name == NULL ? -ENOMEM : -errno;
         goto out_free;
     }
-    /* Published before the thread starts: the owner's callbacks (MHD's
-     * threads, which get connections from it) may use *out at once. */
+    /* Published before the thread starts: the owner's threads, which get
+     * connections from it, may use *out (ts_listener_resume()) at once. */
     *out = l;
     err = -pthread_create(&l->thread, NULL, accept_main, l);
     if (err != 0) {

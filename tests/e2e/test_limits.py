@@ -33,7 +33,7 @@ def test_slow_request_headers_are_cut(daemon):
     t0 = time.monotonic()
     closed_after = None
     try:
-        # One byte every 100 ms: MHD's idle timeout alone would never fire.
+        # One byte every 100 ms: an idle timeout alone would never fire.
         for ch in b"GET /v1/tasks HTTP/1.1\r\nHost: x\r\nX-Drip: " + b"a" * 100:
             s.send(bytes([ch]))
             time.sleep(0.1)
