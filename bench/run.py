@@ -6,15 +6,14 @@ in time and count, and prints one table with both servers and the ratio;
 with --write it also puts the table, the machine and the command into
 docs/performance.md (between the markers, so notes around them survive).
 
-    bench/run.py                      the full run (three to four minutes)
+    bench/run.py                      the full run (about ten minutes)
     bench/run.py --smoke --json F     every scenario at a tiny size, in seconds;
                                       tests/e2e/test_bench_smoke.py runs this
 
 How it measures (shared/BENCHMARKING.md):
   * the server is pinned to CPU 0, every load process to CPU 1 (taskset);
     nginx runs one worker (worker_cpu_affinity 01), taskstreamd its default
-    HTTP_THREADS=2, both on CPU 0 (with HTTP_THREADS=1 libmicrohttpd 0.9.75
-    often leaves a burst of new connections unserved: docs/performance.md);
+    HTTP_THREADS=2, both on CPU 0;
     a second fan-out run lets both use every CPU (nginx one worker per CPU);
   * one nchan channel stands for one task: the publisher POSTs
     {"n":i,"p":conn,"sent_us":t} to /pub/<ch> over 4 connections, the
@@ -37,7 +36,24 @@ How it measures (shared/BENCHMARKING.md):
     server for each taskstreamd fan-out step, with the same frames on the
     same sockets and nothing else (one write per stream and event), measured
     the same way; "CPU per delivery vs floor" is a server's CPU per delivery
-    over the floor's at the same subscribers and rate.
+    over the floor's at the same subscribers and rate;
+  * kernel memory per stream (held, idle100k): /proc/slabinfo (root) before
+    and with the streams, the sum of active_objs x objsize over the
+    TCP-related caches (SLAB_TCP) and over all caches, per stream; both ends
+    of each loopback connection are in it;
+  * connection storm (--storm N:R): N streams on one running source (a
+    ticker, an event every 100 ms, each stream starting at its last event;
+    for nchan a channel published at 10/s), opened at once (burst) and paced
+    (--storm-rate connects/s), R runs each, for each HTTP_THREADS of
+    --storm-threads (a fresh server each); sseload records each stream's
+    time from its connect() to its first event; a run is stalled when a
+    connection was cut unanswered (setup_eof), a stream got no answer or no
+    event, or the slowest took over 5 s (STORM_STALL_MS);
+  * idle streams (--idle100k N): as many idle streams as one taskstreamd
+    holds, up to N, from several sseload processes each bound to its own
+    source address (127.0.0.2, ...), the server's RLIMIT_NOFILE raised with
+    prlimit when this process may (CAP_SYS_RESOURCE) and MAX_CONNECTIONS to
+    match; the table names the limit that bounded the count.
 
 Standard library only. Every child is started by this script and ended by
 its own pid.
@@ -47,6 +63,7 @@ import argparse
 import datetime
 import http.client
 import json
+import math
 import os
 import platform
 import resource
@@ -86,6 +103,10 @@ FULL = {
     "shutdown_reps": 5,
     "shutdown_streams": 10000,
     "shutdown_tasks": 10,
+    "storm": (10000, 20),
+    "storm_rate": 5000,
+    "storm_threads": [1, 2],
+    "idle100k": 100000,
 }
 
 SMOKE = {
@@ -103,6 +124,10 @@ SMOKE = {
     "shutdown_reps": 1,
     "shutdown_streams": 40,
     "shutdown_tasks": 2,
+    "storm": (200, 2),
+    "storm_rate": 5000,
+    "storm_threads": [1, 2],
+    "idle100k": 300,
 }
 
 
@@ -204,7 +229,6 @@ def machine_facts(ts_binary):
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         "nginx": nginx or "not installed",
         "nchan": deb("libnginx-mod-nchan"),
-        "libmicrohttpd": deb("libmicrohttpd12"),
         "taskstreamd": cmd_output([ts_binary, "--version"]),
         "commit": cmd_output(["git", "-C", REPO, "rev-parse", "--short", "HEAD"]),
         "dirty": bool(cmd_output(["git", "-C", REPO, "status", "--porcelain",
@@ -219,6 +243,108 @@ def raise_nofile():
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def read_int(path, default=None):
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def port_range():
+    """(low, high) of the ephemeral ports (net.ipv4.ip_local_port_range)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split()[:2])
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def mem_available_kib():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def fd_count(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def can_prlimit(nofile):
+    """Whether a child can be given RLIMIT_NOFILE `nofile` (past the hard
+    limit that needs CAP_SYS_RESOURCE)."""
+    if shutil.which("prlimit") is None:
+        return False
+    try:
+        r = subprocess.run(["prlimit", f"--nofile={nofile}:{nofile}", "--", "true"],
+                           capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
+
+
+# The caches a TCP stream costs the kernel (both ends of a loopback
+# connection: the client's socket and the server's). Absent ones are merged
+# into others on this kernel (then only the "all caches" sum sees them).
+SLAB_TCP = ("TCP", "tcp_bind_bucket", "tcp_bind2_bucket", "request_sock_TCP", "tw_sock_TCP",
+            "sock_inode_cache", "dentry", "filp", "eventpoll_epi", "eventpoll_pwq", "ep_head",
+            "skbuff_head_cache", "skbuff_fclone_cache", "skbuff_small_head")
+
+
+def slab_snapshot():
+    """{cache: (active_objs, objsize)} from /proc/slabinfo (root only), or
+    None."""
+    try:
+        with open("/proc/slabinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    caches = {}
+    for line in lines[2:]:
+        parts = line.split()
+        try:
+            caches[parts[0]] = (int(parts[1]), int(parts[3]))
+        except (IndexError, ValueError):
+            continue
+    return caches
+
+
+def slab_delta(before, after, streams):
+    """What the streams cost in slab: sum of active_objs x objsize over the
+    TCP-related caches (and over all caches, which also sees whatever else
+    ran meanwhile), per stream, and the caches that moved most."""
+    if not before or not after or not streams:
+        return None
+    moved = []
+    for name, (active, size) in after.items():
+        delta = active - before.get(name, (0, size))[0]
+        if delta:
+            moved.append((name, delta * size, delta, size))
+    tcp = sum(d for name, d, _, _ in moved if name in SLAB_TCP)
+    total = sum(d for _, d, _, _ in moved)
+    moved.sort(key=lambda m: -abs(m[1]))
+    return {"tcp_bytes": tcp, "all_bytes": total, "per_stream_b": tcp / streams,
+            "all_per_stream_b": total / streams,
+            "caches": [n for n in SLAB_TCP if n in after],
+            "top": [{"cache": n, "bytes": d, "objs": o, "objsize": sz}
+                    for n, d, o, sz in moved[:8]]}
+
+
+def slab_top_text(slab, streams, k=6):
+    if not slab:
+        return "-"
+    return ", ".join(f"{t['cache']} {t['bytes'] / streams:+,.0f}" for t in slab["top"][:k])
 
 
 # --------------------------------------------------------------------------
@@ -246,7 +372,7 @@ class Server:
 class Taskstreamd(Server):
     name = "taskstreamd"
 
-    def __init__(self, cfg, env=None):
+    def __init__(self, cfg, env=None, nofile=None):
         self.cfg = cfg
         self.port = free_port()
         self.admin_port = free_port()
@@ -268,7 +394,10 @@ class Taskstreamd(Server):
         self.env = e
         self.stderr_path = os.path.join(cfg.workdir, f"taskstreamd.{self.port}.stderr")
         self.stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(cfg.pin_server + [cfg.taskstreamd], env=e,
+        # nofile: RLIMIT_NOFILE for the server past this process's hard
+        # limit (prlimit execs the server: the pid stays the server's)
+        limit = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] if nofile else []
+        self.proc = subprocess.Popen(cfg.pin_server + limit + [cfg.taskstreamd], env=e,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self.stderr, start_new_session=True)
         self.pid = self.proc.pid
@@ -568,14 +697,19 @@ class Load:
 
 
 def merge(docs):
-    """Sum the counters of several "done" lines and merge their latency
-    histograms."""
+    """Sum the counters of several "done" lines and merge their histograms
+    (lat_us, and sub's ttfe_us and ttfe_run_us)."""
     if len(docs) == 1:
         return docs[0]
     out = {}
+    hists = {}
     for d in docs:
         for k, v in d.items():
-            if k == "lat_us":
+            if isinstance(v, dict) and "hist" in v:
+                h = hists.setdefault(k, [{}, 0])
+                for ub, n in v["hist"]:
+                    h[0][ub] = h[0].get(ub, 0) + n
+                h[1] = max(h[1], v.get("max", 0))
                 continue
             if isinstance(v, bool):
                 out[k] = out.get(k, False) or v
@@ -586,12 +720,9 @@ def merge(docs):
                     out[k] = out.get(k, 0) + v
             else:
                 out[k] = v
-    hist = {}
-    for d in docs:
-        for ub, n in d.get("lat_us", {}).get("hist", []):
-            hist[ub] = hist.get(ub, 0) + n
-    out["lat_us"] = hist_summary(hist, max((d.get("lat_us", {}).get("max", 0) for d in docs),
-                                           default=0))
+    hists.setdefault("lat_us", [{}, 0])
+    for k, (hist, mx) in hists.items():
+        out[k] = hist_summary(hist, mx)
     return out
 
 
@@ -638,7 +769,9 @@ def check_stream_result(res, expect_opened):
 
 
 def scenario_held(cfg, servers, sizes, out):
-    """N idle streams: RSS per stream and time to establish them."""
+    """N idle streams: RSS per stream, the kernel's slab per stream (both
+    ends, /proc/slabinfo before and with the streams) and time to establish
+    them."""
     for n in sizes:
         if n == "max":
             n = cfg.max_streams
@@ -655,11 +788,13 @@ def scenario_held(cfg, servers, sizes, out):
                     seq = "data"
                 time.sleep(0.3)
                 base = srv.rss()
+                slab0 = slab_snapshot()
                 facts = {}
 
                 def ready(load, srv=srv, facts=facts):
                     time.sleep(cfg.settle)
                     facts["rss"] = srv.rss()
+                    facts["slab"] = slab_snapshot()
                     facts["threads"] = srv.threads()
                     load.signal(signal.SIGUSR1)
                     if kind == "taskstreamd":
@@ -673,19 +808,24 @@ def scenario_held(cfg, servers, sizes, out):
                             per_proc=lambda i, parts=split(n, procs): ["-n", str(parts[i])],
                             on_ready=ready)
                 res = load.result(cfg.scale(150))
+                slab = slab_delta(slab0, facts.get("slab"), res["opened"])
                 row = {
                     "scenario": "held", "server": kind, "streams": n, "opened": res["opened"],
                     "failed": res["failed"], "establish_s": res["establish_s"],
                     "rss_base_kib": base, "rss_kib": facts.get("rss"),
                     "rss_per_stream_b": ((facts["rss"] - base) * 1024 / max(1, res["opened"])
                                          if "rss" in facts else None),
+                    "slab_per_stream_b": slab["per_stream_b"] if slab else None,
+                    "slab": slab,
                     "server_threads": facts.get("threads"),
                     "problems": check_stream_result(res, n),
-                    "client": {k: v for k, v in res.items() if k != "lat_us"},
+                    "client": {k: v for k, v in res.items() if not isinstance(v, dict)},
                 }
                 out.append(row)
                 log(f"held {kind:12} n={n:6}: opened {res['opened']} in {res['establish_s']:.3f}s, "
-                    f"{fmt_num(row['rss_per_stream_b'])} B/stream {row['problems'] or ''}")
+                    f"{fmt_num(row['rss_per_stream_b'])} B/stream, kernel slab "
+                    f"{fmt_num(row['slab_per_stream_b'])} B/stream (both ends) "
+                    f"{row['problems'] or ''}")
             finally:
                 stop_server(srv, out)
 
@@ -800,7 +940,7 @@ def fanout_step(cfg, srv, kind, subs, rate, tag):
                        "p99_ms": pub_res["lat_us"]["p99"] / 1000}
                       if pub_res else None),
         "problems": problems,
-        "client": {k: v for k, v in res.items() if k != "lat_us"},
+        "client": {k: v for k, v in res.items() if not isinstance(v, dict)},
         "pinned": bool(cfg.pin),
     }
     if floor_res is not None:
@@ -926,7 +1066,7 @@ def scenario_many(cfg, sizes, out):
                 "cpu_pct": (100 * cpu / wall) if cpu is not None and wall else None,
                 "server_threads": facts.get("threads"), "gaps": res["gaps"],
                 "events": res["events"], "problems": problems,
-                "client": {k: v for k, v in res.items() if k != "lat_us"},
+                "client": {k: v for k, v in res.items() if not isinstance(v, dict)},
             }
             out.append(row)
             log(f"many T={t}: {row['delivery_rate']:.0f} deliveries/s p99 {row['p99_ms']:.1f} ms "
@@ -1071,6 +1211,284 @@ def scenario_shutdown(cfg, out):
         log(f"shutdown: exit with {n} streams: {fmt_num(facts.get('exit_ms'))} ms, "
             f"/readyz 503 after {fmt_num(flip)} ms, "
             f"ended {res['ended']}, cut {res['cut']} {problems or ''}")
+    finally:
+        stop_server(srv, out)
+
+
+# A storm run is stalled when a connection was cut unanswered (setup_eof),
+# some stream got no answer or no first event, or the slowest stream's first
+# event took longer than this.
+STORM_STALL_MS = 5000
+# Each storm run ends by itself once every stream has had its first event;
+# this bounds a run that stalls (past the server's HEADER_TIMEOUT, 10 s, so
+# connections it cuts unanswered show as setup_eof).
+STORM_MAX_S = 15
+# A series stops after this many stalled runs (each may cost STORM_MAX_S).
+STORM_STOP_AFTER = 5
+
+
+def quantile(xs, q):
+    """Nearest rank."""
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    return xs[max(0, min(len(xs) - 1, math.ceil(q * len(xs)) - 1))]
+
+
+def wait_fds(pid, base, timeout):
+    """Until the server has closed the last run's connections (its
+    descriptor count is back near `base`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = fd_count(pid)
+        if n is None or base is None or n <= base + 8:
+            return n
+        time.sleep(0.05)
+    return fd_count(pid)
+
+
+def storm_run(res, n):
+    """One storm run's figures from the merged sub result."""
+    ttfe, whole = res.get("ttfe_us") or {}, res.get("ttfe_run_us") or {}
+    unanswered = max(0, n - res["opened"] - res["failed"])
+    run = {
+        "opened": res["opened"], "failed": res["failed"], "setup_eof": res["setup_eof"],
+        "setup_reset": res["setup_reset"], "cut": res["cut"], "unanswered": unanswered,
+        "no_first": res.get("no_first", 0), "connect_errors": res["connect_errors"],
+        "http_errors": res["http_errors"], "establish_s": res["establish_s"],
+        "ttfe_p50_ms": ttfe.get("p50", 0) / 1000 if ttfe.get("n") else None,
+        "ttfe_p99_ms": ttfe.get("p99", 0) / 1000 if ttfe.get("n") else None,
+        "ttfe_max_ms": ttfe.get("max", 0) / 1000 if ttfe.get("n") else None,
+        # from the start of the connects until every stream had its first event
+        "all_first_ms": whole.get("max", 0) / 1000 if whole.get("n") else None,
+        "duration_s": res["duration_s"],
+    }
+    run["stalled"] = bool(run["setup_eof"] or unanswered or run["no_first"]
+                          or run["ttfe_max_ms"] is None or run["ttfe_max_ms"] > STORM_STALL_MS)
+    return run
+
+
+def scenario_storm(cfg, servers, out):
+    """N streams on one running source, opened at once (burst: every connect
+    as fast as sseload goes, --conc N) and paced (--rate connects/s); R runs
+    each, a fresh set of connections per run, for each HTTP_THREADS (a fresh
+    server each) and beside it nginx+nchan: per stream the time from its
+    connect to its first event, and from the start of the connects."""
+    n, runs = cfg.plan["storm"]
+    rate = cfg.plan["storm_rate"]
+    configs = [("taskstreamd", t) for t in cfg.plan["storm_threads"]]
+    if "nginx+nchan" in servers:
+        configs.append(("nginx+nchan", None))
+    nofile = cfg.nofile - 200
+    procs = max(1, -(-n // nofile))
+    parts = split(n, procs)
+    for kind, threads in configs:
+        env = None
+        if kind == "taskstreamd":
+            env = {"HTTP_THREADS": threads, "MAX_CONNECTIONS": max(cfg.max_streams, n) + 500}
+        srv = make_server(cfg, kind, env=env)
+        pub = None
+        tid = None
+        try:
+            if kind == "taskstreamd":
+                # one ticker, an event every 100 ms, for as long as the runs take
+                tid = srv.submit(1_000_000, 100)
+                deadline = time.monotonic() + cfg.scale(10)
+                while srv.event_count(tid) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                seq = "id"
+                label = threads
+            else:
+                # the publisher at 10/s on one connection; "first message
+                # newest" hands each new stream the last one at once
+                span = 2 * runs * (STORM_MAX_S + 5) + 60
+                pub = Load(cfg, "pub", ["--port", str(srv.port), "--path", "/pub/storm", "-c", "1",
+                                        "--rate", "10", "--duration", str(span),
+                                        "--max-time", str(span + 10)])
+                time.sleep(0.5)
+                seq = "data"
+                label = len(srv.workers)
+            base_fds = fd_count(srv.measured_pid())
+            for mode in ("burst", "paced"):
+                per_run, problems = [], []
+                for i in range(runs):
+                    if kind == "taskstreamd":
+                        # from the last event on: one replayed at once, then live
+                        last = srv.event_count(tid)
+                        path = f"/v1/tasks/{tid}/events" + (f"?last_event_id={last - 1}"
+                                                            if last > 1 else "")
+                    else:
+                        path = "/sub/storm"
+                    args = ["--port", str(srv.port), "--path", path, "--seq", seq,
+                            "--until-first", "--max-time", str(cfg.scale(STORM_MAX_S))]
+                    if mode == "paced":
+                        args += ["--rate", str(rate / procs)]
+
+                    def per_proc(j, parts=parts):
+                        a = ["-n", str(parts[j]), "--conc", str(min(parts[j], 100000))]
+                        return a + (["--bind", f"127.0.0.{2 + j}"] if procs > 1 else [])
+
+                    load = Load(cfg, "sub", args, procs=procs, per_proc=per_proc)
+                    res = load.result(cfg.scale(STORM_MAX_S + 30))
+                    run = storm_run(res, n)
+                    per_run.append(run)
+                    problems += [f"run {i + 1}: {p}" for p in check_stream_result(res, n)]
+                    if run["no_first"]:
+                        problems.append(f"run {i + 1}: {run['no_first']} open streams got no event")
+                    if run["stalled"]:
+                        log(f"storm {kind:12} threads={label} {mode} run {i + 1}: STALLED: "
+                            f"max to first event {fmt_num(run['ttfe_max_ms'])} ms, setup_eof "
+                            f"{run['setup_eof']}, unanswered {run['unanswered']}, "
+                            f"failed {run['failed']}")
+                    # the next run on a quiet server: this run's sockets closed
+                    wait_fds(srv.measured_pid(), base_fds, cfg.scale(10))
+                    time.sleep(0.05)
+                    if sum(r["stalled"] for r in per_run) >= STORM_STOP_AFTER and i + 1 < runs:
+                        problems.append(f"stopped after {i + 1} of {runs} runs: "
+                                        f"{STORM_STOP_AFTER} stalled")
+                        break
+                maxes = [r["ttfe_max_ms"] for r in per_run]
+                row = {
+                    "scenario": "storm", "server": kind, "threads": label, "mode": mode,
+                    "streams": n, "rate": rate if mode == "paced" else None,
+                    "runs": len(per_run), "runs_planned": runs,
+                    "stalled_runs": sum(r["stalled"] for r in per_run),
+                    "max_ttfe_p50_ms": quantile(maxes, 0.5),
+                    "max_ttfe_p99_ms": quantile(maxes, 0.99),
+                    "max_ttfe_max_ms": max((m for m in maxes if m is not None), default=None),
+                    "p99_ttfe_worst_ms": max((r["ttfe_p99_ms"] for r in per_run
+                                              if r["ttfe_p99_ms"] is not None), default=None),
+                    "all_first_worst_ms": max((r["all_first_ms"] for r in per_run
+                                               if r["all_first_ms"] is not None), default=None),
+                    "failed": sum(r["failed"] for r in per_run),
+                    "cut": sum(r["cut"] for r in per_run),
+                    "setup_eof": sum(r["setup_eof"] for r in per_run),
+                    "unanswered": sum(r["unanswered"] for r in per_run),
+                    "client_procs": procs, "per_run": per_run, "problems": problems,
+                    "pinned": bool(cfg.pin),
+                }
+                out.append(row)
+                log(f"storm {kind:12} threads={label} {mode:5} n={n}: {row['stalled_runs']} of "
+                    f"{row['runs']} runs stalled; max to first event per run p50 "
+                    f"{fmt_num(row['max_ttfe_p50_ms'])} / max "
+                    f"{fmt_num(row['max_ttfe_max_ms'])} ms; "
+                    f"failed {row['failed']} cut {row['cut']} setup_eof {row['setup_eof']} "
+                    f"{problems[:3] or ''}")
+        finally:
+            if pub is not None:
+                pub.signal()
+                try:
+                    pub.result(30)
+                except RuntimeError as e:
+                    log(f"storm: nchan publisher: {e}")
+            if tid is not None:
+                srv.cancel(tid)
+            stop_server(srv, out)
+
+
+# Memory per held stream, both ends, for the memory bound of idle100k (the
+# server's ~11 KB, two TCP sockets with their file, inode, dentry and epoll
+# item, the client's state), generously.
+IDLE_EST_BYTES = 32 * 1024
+
+
+def scenario_idle100k(cfg, want, out):
+    """As many idle streams as one taskstreamd holds, up to `want`, from
+    several sseload processes, each bound to its own source address
+    (127.0.0.2, 127.0.0.3, ...) so the ephemeral ports of one address are no
+    bound. The server gets RLIMIT_NOFILE as far as it can be raised (prlimit
+    past this process's hard limit needs CAP_SYS_RESOURCE) and MAX_CONNECTIONS
+    to match; the limit that bounds the count is reported."""
+    reserve = 500
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nr_open = read_int("/proc/sys/fs/nr_open", hard)
+    need = want + reserve
+    server_nofile, prlimit_to = hard, None
+    if need <= hard:
+        nofile_note = f"hard limit {hard:,}, enough"
+    else:
+        n = min(need, nr_open)
+        if can_prlimit(n):
+            server_nofile, prlimit_to = n, n
+            nofile_note = f"raised from {hard:,} to {n:,} with prlimit (fs.nr_open {nr_open:,})"
+        else:
+            nofile_note = (f"hard limit {hard:,}: prlimit cannot raise it (needs "
+                           f"CAP_SYS_RESOURCE); fs.nr_open {nr_open:,}")
+    lo, hi = port_range()
+    ports = hi - lo + 1
+    # each sseload raises its soft limit to the same hard one
+    per_proc = max(1, min(hard - 200, ports - 500))
+    mem = mem_available_kib()
+    limits = {"server fd limit": server_nofile - reserve}
+    if mem:
+        limits["memory"] = int(mem * 1024 * 0.8 / IDLE_EST_BYTES)
+    target = max(1, min([want] + list(limits.values())))
+    bound = min(limits, key=limits.get) if min(limits.values()) < want else None
+    procs = min(253, max(2 if target >= 2 else 1, -(-target // per_proc)))
+    parts = split(target, procs)
+    addrs = [f"127.0.0.{2 + i}" for i in range(procs)]
+    log(f"idle100k: asked {want:,}; the server's descriptor limit: {nofile_note}; holding "
+        f"{target:,} from {procs} sseload processes on {addrs[0]}..{addrs[-1]} "
+        f"({ports:,} ephemeral ports per source address)")
+    max_conns = target + 100
+    srv = Taskstreamd(cfg, env={"MAX_CONNECTIONS": max_conns}, nofile=prlimit_to)
+    facts = {}
+    try:
+        tid = srv.submit(2, 3_600_000)  # one tick, then an hour of quiet
+        path = f"/v1/tasks/{tid}/events"
+        time.sleep(0.3)
+        base = srv.rss()
+        slab0 = slab_snapshot()
+
+        def ready(load):
+            time.sleep(cfg.settle)
+            facts["rss"] = srv.rss()
+            facts["slab"] = slab_snapshot()
+            facts["threads"] = srv.threads()
+            facts["fds"] = fd_count(srv.pid)
+            load.signal(signal.SIGUSR1)
+            srv.cancel(tid)
+
+        load = Load(cfg, "sub", ["--port", str(srv.port), "--path", path, "--seq", "id",
+                                 "--hold", "--conc", str(cfg.conc),
+                                 "--max-time", str(cfg.scale(180))],
+                    procs=procs,
+                    per_proc=lambda i: ["-n", str(parts[i]), "--bind", addrs[i]],
+                    on_ready=ready)
+        res = load.result(cfg.scale(240))
+        held = res["opened"]
+        slab = slab_delta(slab0, facts.get("slab"), held)
+        problems = check_stream_result(res, target)
+        first_limit = bound
+        if held < target:
+            # what stopped it short of the planned count
+            seen = [name for name, k in (("ports", "err_ports"), ("client fd limit", "err_fds"),
+                                         ("memory", "err_memory")) if res.get(k)]
+            with open(srv.stderr_path, errors="replace") as f:
+                srv_log = f.read()
+            if "out of file descriptors" in srv_log:
+                seen.insert(0, "server fd limit")
+            first_limit = seen[0] if seen else "other (see the client's counters)"
+        row = {
+            "scenario": "idle100k", "server": "taskstreamd", "requested": want,
+            "target": target, "held": held, "failed": res["failed"],
+            "establish_s": res["establish_s"], "first_limit": first_limit, "limits": limits,
+            "server_nofile": server_nofile, "nofile_note": nofile_note,
+            "max_connections": max_conns, "client_procs": procs, "client_addrs": addrs,
+            "ports_per_addr": ports, "rss_base_kib": base, "rss_kib": facts.get("rss"),
+            "rss_per_stream_b": ((facts["rss"] - base) * 1024 / max(1, held)
+                                 if "rss" in facts else None),
+            "slab_per_stream_b": slab["per_stream_b"] if slab else None,
+            "slab": slab, "server_fds": facts.get("fds"),
+            "server_threads": facts.get("threads"), "problems": problems,
+            "client": {k: v for k, v in res.items() if not isinstance(v, dict)},
+        }
+        out.append(row)
+        log(f"idle100k: held {held:,} of {target:,} (asked {want:,}) in "
+            f"{res['establish_s']:.2f}s; first limit: {first_limit or 'none'}; RSS "
+            f"{fmt_num(row['rss_per_stream_b'])} B/stream, kernel slab "
+            f"{fmt_num(row['slab_per_stream_b'])} B/stream (both ends; moved most: "
+            f"{slab_top_text(slab, max(1, held), 4)}) {problems or ''}")
     finally:
         stop_server(srv, out)
 
@@ -1304,18 +1722,67 @@ def summary_table(results, cfg, pinned=True, fanout_only=False):
         lines.append(f"| SIGTERM -> exit with {r['streams']:,} open streams (ms); got end / cut "
                      f"| {fmt_num(r['exit_ms'])}; {r['ended']:,} / {r['cut']} | n/a | | "
                      f"all get end |")
+    lines += storm_summary(results)
+    for r in rows(results, "idle100k"):
+        lines.append(f"| idle streams held by one taskstreamd (asked {r['requested']:,}); "
+                     f"first limit hit | {r['held']:,}; {r['first_limit'] or 'none'} | n/a | | |")
+        lines.append(f"| idle {r['held']:,} streams: RSS / kernel slab (both ends) per stream "
+                     f"(bytes) | {fmt_num(r['rss_per_stream_b'])} / "
+                     f"{fmt_num(r['slab_per_stream_b'])} | n/a | | |")
+    return lines
+
+
+def storm_summary(results):
+    """Side-by-side lines of the storm: taskstreamd per HTTP_THREADS, nchan
+    (its workers) beside each."""
+    lines = []
+    for mode in ("burst", "paced"):
+        ts = [r for r in rows(results, "storm", server="taskstreamd", mode=mode)]
+        nc = rows(results, "storm", server="nginx+nchan", mode=mode)
+        for t in ts:
+            c = nc[0] if nc else None
+            how = ("at once" if mode == "burst" else f"paced {t['rate']:,.0f}/s")
+
+            def cell(r):
+                if r is None:
+                    return "-"
+                return (f"{r['stalled_runs']} of {r['runs']}; "
+                        f"{fmt_num(r['max_ttfe_max_ms'])} ms")
+
+            ok = t["stalled_runs"] == 0 and t["runs"] >= t["runs_planned"]
+            cw = f" ({c['threads']} worker{'s' if c['threads'] != 1 else ''})" if c else ""
+            lines.append(f"| storm: {t['streams']:,} streams {how}, HTTP_THREADS={t['threads']}: "
+                         f"stalled runs; slowest first event (ms) | {cell(t)} | {cell(c)}{cw} | | "
+                         f"zero stalls in {t['runs_planned']} of {t['runs_planned']} "
+                         f"({'met' if ok else 'missed'}) |")
     return lines
 
 
 def detail_tables(results):
-    lines = ["### Held streams", "",
-             "| server | streams | opened | establish (s) | RSS before (KiB) | RSS after (KiB) "
-             "| bytes/stream | server threads |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["### Held streams", ""]
+    if rows(results, "held"):
+        lines += ["Kernel slab per stream: the delta of /proc/slabinfo (active_objs x objsize) "
+                  "over the TCP-related caches (" + ", ".join(SLAB_TCP) + ", those this kernel "
+                  "has) and over all caches, from before the streams to with them held; both "
+                  "ends of each loopback connection (client and server socket) are in it, and "
+                  "the all-caches sum also whatever else ran meanwhile.", ""]
+    lines += ["| server | streams | opened | establish (s) | RSS before (KiB) | RSS after (KiB) "
+              "| RSS bytes/stream | kernel slab bytes/stream: TCP-related / all caches "
+              "| server threads |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows(results, "held"):
+        slab = r.get("slab")
+        slab_cell = (f"{fmt_num(slab['per_stream_b'])} / {fmt_num(slab['all_per_stream_b'])}"
+                     if slab else "-")
         lines.append(f"| {r['server']} | {r['streams']:,} | {r['opened']:,} | "
                      f"{r['establish_s']:.3f} | {r['rss_base_kib']:,} | {fmt_num(r['rss_kib'])} | "
-                     f"{fmt_num(r['rss_per_stream_b'])} | {r['server_threads']} |")
+                     f"{fmt_num(r['rss_per_stream_b'])} | {slab_cell} | {r['server_threads']} |")
+    tops = [r for r in rows(results, "held") if r.get("slab")]
+    if tops:
+        lines += ["", "Caches that moved most (bytes per stream):", ""]
+        for r in tops:
+            lines.append(f"- {r['server']}, {r['opened']:,} streams: "
+                         f"{slab_top_text(r['slab'], max(1, r['opened']))}")
     lines += ["", "### Fan-out steps", "",
               "| server | pinned | subs | events/s per stream: asked / sent | offered/s | "
               "delivered/s | p50 (ms) | p99 (ms) | max (ms) | server CPU % | CPU us/delivery | "
@@ -1372,6 +1839,72 @@ def detail_tables(results):
     return lines
 
 
+def storm_detail(results):
+    st = rows(results, "storm")
+    if not st:
+        return []
+    n = st[0]["streams"]
+    lines = ["", f"### Connection storm: {n:,} streams on one running source", "",
+             f"Per run: {n:,} new streams on one ticker task (an event every 100 ms; each "
+             "stream asks from the last event on, so its first event is sent as soon as the "
+             "server serves it) or one nchan channel (a publisher at 10/s; with first message "
+             "newest a new stream waits for the next message, so nchan's times include up to "
+             "100 ms of that wait); burst: every connect as fast as sseload goes (--conc N), "
+             "paced: "
+             f"--rate connects/s. Time to first event: from a stream's connect() to its first "
+             "event; 'all had one after': from the start of the connects until the last "
+             f"stream had its first event. A run is stalled when a connection was cut "
+             f"unanswered (setup_eof), a stream got no answer or no event within "
+             f"{STORM_MAX_S} s, or the slowest first event took over {STORM_STALL_MS / 1000:g} s. "
+             "A fresh server per thread count (nginx+nchan: its workers), a fresh set of "
+             "connections per run, closed (reset) between runs.", "",
+             "| server | threads | mode | runs | stalled runs | time to first event, max of "
+             "each run: p50 / p99 / max (ms) | p99 over streams, worst run (ms) | all had one "
+             "after, worst run (s) | failed | cut | setup_eof | unanswered |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in st:
+        mode = r["mode"] if r["mode"] == "burst" else f"paced {r['rate']:,.0f}/s"
+        worst = r["all_first_worst_ms"]
+        lines.append(f"| {r['server']} | {r['threads']} | {mode} | {r['runs']} | "
+                     f"{r['stalled_runs']} | {fmt_num(r['max_ttfe_p50_ms'])} / "
+                     f"{fmt_num(r['max_ttfe_p99_ms'])} / {fmt_num(r['max_ttfe_max_ms'])} | "
+                     f"{fmt_num(r['p99_ttfe_worst_ms'])} | "
+                     f"{fmt_num(worst / 1000 if worst is not None else None, 3)} | "
+                     f"{r['failed']:,} | {r['cut']:,} | {r['setup_eof']:,} | "
+                     f"{r['unanswered']:,} |")
+    return lines
+
+
+def idle_detail(results):
+    idle = rows(results, "idle100k")
+    if not idle:
+        return []
+    lines = ["", "### Idle streams held by one taskstreamd", "",
+             "Streams opened by several sseload processes, each bound to its own source "
+             "address, held idle (one event each, then quiet); the server's RLIMIT_NOFILE "
+             "raised as far as this machine allows and MAX_CONNECTIONS set to match. Kernel "
+             "slab: as in the held table (both ends of each connection).", "",
+             "| asked | held | first limit hit | server descriptor limit | MAX_CONNECTIONS | "
+             "client processes (source addresses) | establish (s) | RSS before (KiB) | "
+             "RSS with streams (KiB) | RSS bytes/stream | kernel slab bytes/stream: "
+             "TCP-related / all caches |",
+             "| ---: | ---: | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in idle:
+        slab = r.get("slab")
+        slab_cell = (f"{fmt_num(slab['per_stream_b'])} / {fmt_num(slab['all_per_stream_b'])}"
+                     if slab else "-")
+        addrs = r["client_addrs"]
+        lines.append(f"| {r['requested']:,} | {r['held']:,} | {r['first_limit'] or 'none'} | "
+                     f"{r['server_nofile']:,} ({r['nofile_note']}) | {r['max_connections']:,} | "
+                     f"{r['client_procs']} ({addrs[0]}..{addrs[-1]}) | "
+                     f"{r['establish_s']:.2f} | {r['rss_base_kib']:,} | {fmt_num(r['rss_kib'])} | "
+                     f"{fmt_num(r['rss_per_stream_b'])} | {slab_cell} |")
+        if slab:
+            lines += ["", f"Caches that moved most (bytes per stream): "
+                      f"{slab_top_text(slab, max(1, r['held']))}"]
+    return lines
+
+
 def problems_of(results):
     out = []
     for r in results:
@@ -1388,8 +1921,8 @@ def render(results, facts, cfg, argv):
              f"{facts['nofile']:,}.",
              "",
              f"- taskstreamd: {facts['taskstreamd']} (commit {facts['commit']}"
-             f"{', uncommitted changes' if facts['dirty'] else ''}), libmicrohttpd "
-             f"{facts['libmicrohttpd']}, HTTP_THREADS={cfg.http_threads}; it also runs the "
+             f"{', uncommitted changes' if facts['dirty'] else ''}), its own HTTP front, "
+             f"HTTP_THREADS={cfg.http_threads}; it also runs the "
              f"ticker tasks on its worker threads (thread counts below)",
              f"- nginx {facts['nginx']}, nchan (libnginx-mod-nchan) {facts['nchan']}, one worker",
              *([f"- floor: bench/floor.c, the same frames written to the same sockets and "
@@ -1410,6 +1943,8 @@ def render(results, facts, cfg, argv):
         lines += summary_table(results, cfg, pinned=False, fanout_only=True)
     lines += ["", "## Details", ""]
     lines += detail_tables(results)
+    lines += storm_detail(results)
+    lines += idle_detail(results)
     probs = problems_of(results)
     if probs:
         lines += ["", "### Problems seen by the harness", ""] + [f"- {p}" for p in probs]
@@ -1446,7 +1981,7 @@ def write_doc(path, body):
 # main
 # --------------------------------------------------------------------------
 
-SCENARIOS = ("held", "fanout", "many", "submit", "shutdown")
+SCENARIOS = ("held", "fanout", "many", "submit", "shutdown", "storm", "idle100k")
 
 
 def main(argv):
@@ -1466,8 +2001,7 @@ def main(argv):
     ap.add_argument("--no-free", action="store_true",
                     help="skip the second fan-out run without pinning")
     ap.add_argument("--http-threads", type=int, default=2,
-                    help="taskstreamd HTTP_THREADS (its default, 2; with 1, libmicrohttpd "
-                    "0.9.75 leaves a burst of new connections unserved, see docs/performance.md)")
+                    help="taskstreamd HTTP_THREADS (its default, 2)")
     ap.add_argument("--processes", type=int, default=1, help="sseload processes per scenario")
     ap.add_argument("--max-streams", type=int, default=19000)
     ap.add_argument("--pub-conns", type=int, default=4,
@@ -1479,6 +2013,15 @@ def main(argv):
     ap.add_argument("--held", help="held-stream sizes, e.g. 1000,5000,max")
     ap.add_argument("--fanout", help="fan-out plan, e.g. '1000:10,100,1000;10000:5,50'")
     ap.add_argument("--many", help="many-task sizes, e.g. 100,1000")
+    ap.add_argument("--storm", metavar="N:R",
+                    help="connection storm: N streams, R runs per mode and thread count "
+                    "(10000:20; smoke 200:2)")
+    ap.add_argument("--storm-rate", type=float,
+                    help="connection storm, paced mode: connects per second (5000)")
+    ap.add_argument("--storm-threads", help="connection storm: taskstreamd HTTP_THREADS "
+                    "values, a fresh server each (1,2)")
+    ap.add_argument("--idle100k", type=int, metavar="N",
+                    help="idle streams one taskstreamd holds, at most N (100000; smoke 300)")
     ap.add_argument("--window", type=float, help="measurement window of a fan-out step (s)")
     ap.add_argument("--perf", metavar="DIR",
                     help="fan-out: record each server with perf (call graphs) into DIR")
@@ -1515,6 +2058,20 @@ def main(argv):
         cfg.plan["fanout_free"] = {}
     if args.many:
         cfg.plan["many"] = [int(x) for x in args.many.split(",")]
+    if args.storm:
+        try:
+            n, r = (int(x) for x in args.storm.split(":"))
+        except ValueError:
+            ap.error("--storm wants N:R, e.g. 10000:20")
+        if n < 1 or r < 1:
+            ap.error("--storm wants N, R >= 1")
+        cfg.plan["storm"] = (n, r)
+    if args.storm_rate:
+        cfg.plan["storm_rate"] = args.storm_rate
+    if args.storm_threads:
+        cfg.plan["storm_threads"] = [int(x) for x in args.storm_threads.split(",")]
+    if args.idle100k:
+        cfg.plan["idle100k"] = args.idle100k
     if args.window:
         cfg.window = args.window
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -1560,6 +2117,10 @@ def main(argv):
             scenario_submit(cfg, results)
         if "shutdown" in only:
             scenario_shutdown(cfg, results)
+        if "storm" in only:
+            scenario_storm(cfg, servers, results)
+        if "idle100k" in only:
+            scenario_idle100k(cfg, cfg.plan["idle100k"], results)
     finally:
         elapsed = time.monotonic() - started
         log(f"done in {elapsed:.0f} s")

@@ -38,6 +38,17 @@
  * about 3% resolution); the "done" line carries it sparse as [upper_us,
  * count] pairs so that the driver can merge several processes.
  *
+ * Each stream's time to its first event goes into two more such histograms:
+ * "ttfe_us" from that stream's own connect(), "ttfe_run_us" from the start
+ * of all the connects (the first connect() of the process). --rate paces
+ * the connects (stream i is due i/rate s after the start; without it they
+ * go as fast as --conc lets them), --until-first ends the run once every
+ * stream has settled and every open one has had its first event, and --bind
+ * binds every socket to a source address (port 0) before connect(), so that
+ * several processes on 127.0.0.2, 127.0.0.3, ... get past the ephemeral
+ * ports of one source address. Connect errors are counted by cause
+ * (err_ports, err_fds, err_memory, err_refused, err_timedout, err_other).
+ *
  * A stream the client closes is closed with SO_LINGER 0 (a reset): the
  * measurement is over by then, and no TIME_WAIT entries pile up to exhaust
  * the ephemeral ports between scenarios.
@@ -97,12 +108,15 @@ struct opts {
     double grace_s;  /* sub: catch-up time after the window */
     bool hold;       /* sub: after ready, wait for a signal or max-time */
     double max_time_s;
-    double rate;       /* pub: requests per second in all, 0: as fast as possible */
+    double rate;       /* pub: requests per second in all; sub: connects per second;
+                          0: as fast as possible */
     double duration_s; /* pub */
     uint64_t count;    /* pub: at most this many requests, 0: no cap */
     const char *body;  /* pub: template with %n %c %t %p %% */
     unsigned payload_bytes;
     double interval_us; /* poll */
+    const char *bind_host; /* bind every socket to this source address (port 0) */
+    bool until_first;      /* sub: done once every open stream had its first event */
 };
 
 struct hist {
@@ -123,7 +137,9 @@ struct conn {
     bool caught_up;
     bool got_end;
     bool conn_close; /* the response said Connection: close */
+    bool got_first;  /* sub: the stream has had its first event */
     uint64_t left;   /* chunk or content bytes left */
+    int64_t open_ns; /* monotonic time of the connect() */
 
     char *buf; /* a partial header block or SSE line */
     uint32_t len, cap;
@@ -147,11 +163,15 @@ struct conn {
 struct stats {
     uint64_t opened, failed, connect_errors, events, window_events, gaps, gap_runs, misordered,
         server_gaps, draining, ended, closed, cut, http_errors, comments, caught_up, local_closed,
-        events_at_ready, setup_eof, setup_reset, send_failed;
+        events_at_ready, setup_eof, setup_reset, send_failed, first_events;
+    /* connect errors by cause */
+    uint64_t err_ports, err_fds, err_memory, err_refused, err_timedout, err_other;
     uint64_t status[6]; /* 1xx..5xx by first digit; [0] other */
     uint64_t status_204;
     int64_t last_window_recv_us;
     struct hist lat;
+    struct hist ttfe;     /* first event - the stream's own connect() */
+    struct hist ttfe_run; /* first event - the start of all connects */
 };
 
 struct pub_stats {
@@ -164,15 +184,20 @@ struct ctx {
     struct opts o;
     int ep, sigfd;
     struct sockaddr_in addr;
+    struct sockaddr_in bind_addr;
+    bool bind_set;
     struct conn *conns;
     unsigned nconns;
     char *rbuf;
     int64_t t0_ns;     /* monotonic start */
     int64_t now_rt_us; /* realtime at the last read */
+    int64_t now_ns;    /* monotonic time at the last read */
     bool stop;
 
     /* sub */
     unsigned next_to_open, in_setup, settled, active;
+    unsigned awaiting_first; /* open streams without their first event yet */
+    int64_t start_ns;        /* the first connect() */
     bool ready;
     int64_t ready_ns, ready_rt_us, win_start_us, win_end_us, win_end_ns;
     bool in_grace;
@@ -401,10 +426,23 @@ conn_open(struct ctx *x, struct conn *c)
     struct epoll_event ev = {.events = EPOLLOUT};
     int fd, rc, one = 1;
 
+    c->open_ns = mono_ns();
     fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (x->bind_set) {
+        /* the port is chosen at connect(), unique per destination
+         * (without it bind() reserves one of the address's ports outright) */
+#ifdef IP_BIND_ADDRESS_NO_PORT
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+#endif
+        if (bind(fd, (const struct sockaddr *)&x->bind_addr, sizeof(x->bind_addr)) != 0) {
+            rc = -errno;
+            close(fd);
+            return rc;
+        }
+    }
     rc = connect(fd, (struct sockaddr *)&x->addr, sizeof(x->addr));
     if (rc != 0 && errno != EINPROGRESS) {
         rc = -errno;
@@ -571,6 +609,14 @@ dispatch(struct ctx *x, struct conn *c)
         return;
     }
     st->events++;
+    if (!c->got_first) {
+        c->got_first = true;
+        st->first_events++;
+        hist_add(&st->ttfe, (x->now_ns - c->open_ns) / 1000);
+        hist_add(&st->ttfe_run, (x->now_ns - x->start_ns) / 1000);
+        if (x->awaiting_first > 0)
+            x->awaiting_first--;
+    }
     if (strcmp(c->f_event, "end") == 0)
         c->got_end = true;
     else if (strcmp(c->f_event, "gap") == 0)
@@ -824,6 +870,8 @@ sub_finish(struct ctx *x, struct conn *c, enum finish how)
         sub_settle(x);
     else if (x->active > 0)
         x->active--;
+    if (c->state == C_BODY && !c->got_first && x->awaiting_first > 0)
+        x->awaiting_first--;
     conn_close(x, c, true);
     c->state = C_DONE;
     c->finish = (uint8_t)how;
@@ -832,19 +880,61 @@ sub_finish(struct ctx *x, struct conn *c, enum finish how)
     c->cap = 0;
 }
 
+/* A connect error by its cause: the source address's ports, descriptors,
+ * memory, or the server's answer. */
+static void
+count_connect_error(struct stats *st, int err)
+{
+    st->connect_errors++;
+    switch (err) {
+    case EADDRNOTAVAIL:
+    case EADDRINUSE:
+        st->err_ports++;
+        break;
+    case EMFILE:
+    case ENFILE:
+        st->err_fds++;
+        break;
+    case ENOMEM:
+    case ENOBUFS:
+        st->err_memory++;
+        break;
+    case ECONNREFUSED:
+        st->err_refused++;
+        break;
+    case ETIMEDOUT:
+        st->err_timedout++;
+        break;
+    default:
+        st->err_other++;
+        break;
+    }
+}
+
+/* With --rate: the time the next stream is due. */
+static int64_t
+sub_due_ns(const struct ctx *x)
+{
+    return x->start_ns + (int64_t)((double)x->next_to_open * 1e9 / x->o.rate);
+}
+
 static void
 sub_start_more(struct ctx *x)
 {
+    int64_t now = x->o.rate > 0 ? mono_ns() : 0;
+
     while (x->next_to_open < x->o.streams && x->in_setup < x->o.conc) {
         struct conn *c = &x->conns[x->next_to_open];
         int rc;
 
+        if (x->o.rate > 0 && sub_due_ns(x) > now)
+            break;
         c->path_idx = (uint32_t)(x->next_to_open % x->o.npaths);
         x->next_to_open++;
         x->in_setup++;
         rc = conn_open(x, c);
         if (rc != 0) {
-            x->st.connect_errors++;
+            count_connect_error(&x->st, -rc);
             c->state = C_CONNECTING;
             sub_finish(x, c, F_FAILED);
         }
@@ -937,6 +1027,7 @@ sub_data(struct ctx *x, struct conn *c, const char *p, size_t n)
             c->state = C_BODY;
             x->st.opened++;
             x->active++;
+            x->awaiting_first++;
             sub_settle(x);
             check_ready(x);
             continue;
@@ -965,7 +1056,7 @@ sub_event(struct ctx *x, struct conn *c, uint32_t events)
 
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err != 0 || (events & (EPOLLERR | EPOLLHUP)) != 0) {
-            x->st.connect_errors++;
+            count_connect_error(&x->st, err);
             sub_finish(x, c, F_FAILED);
             return;
         }
@@ -1000,6 +1091,7 @@ sub_event(struct ctx *x, struct conn *c, uint32_t events)
             return;
         }
         x->now_rt_us = real_us();
+        x->now_ns = mono_ns();
         sub_data(x, c, x->rbuf, (size_t)r);
         if ((size_t)r < READ_BUF)
             return;
@@ -1032,6 +1124,14 @@ print_sub_done(struct ctx *x, bool timed_out, bool signalled)
            st->status_204, st->status[4], st->status[5], st->setup_eof, st->setup_reset,
            st->send_failed, x->ready ? (double)(x->ready_ns - x->t0_ns) / 1e9 : -1.0,
            x->ready ? "true" : "false");
+    printf(",\"err_ports\":%" PRIu64 ",\"err_fds\":%" PRIu64 ",\"err_memory\":%" PRIu64
+           ",\"err_refused\":%" PRIu64 ",\"err_timedout\":%" PRIu64 ",\"err_other\":%" PRIu64
+           ",\"first_events\":%" PRIu64 ",\"no_first\":%" PRIu64 ",",
+           st->err_ports, st->err_fds, st->err_memory, st->err_refused, st->err_timedout,
+           st->err_other, st->first_events, st->opened - st->first_events);
+    hist_print(stdout, "ttfe_us", &st->ttfe);
+    putchar(',');
+    hist_print(stdout, "ttfe_run_us", &st->ttfe_run);
     printf(",\"events\":%" PRIu64 ",\"window_s\":%.3f,\"window_events\":%" PRIu64
            ",\"delivery_rate\":%.1f,\"gaps\":%" PRIu64 ",\"gap_runs\":%" PRIu64
            ",\"misordered\":%" PRIu64 ",\"server_gaps\":%" PRIu64 ",\"draining_events\":%" PRIu64
@@ -1434,6 +1534,13 @@ next_timeout_ms(struct ctx *x, int64_t now, int64_t deadline)
     }
     if (x->o.mode == MODE_POLL && x->next_poll_ns > now && x->next_poll_ns < next)
         next = x->next_poll_ns;
+    if (x->o.mode == MODE_SUB && x->o.rate > 0 && x->next_to_open < x->o.streams &&
+        x->in_setup < x->o.conc) {
+        int64_t due = sub_due_ns(x);
+
+        if (due < next)
+            next = due;
+    }
     if (x->win_end_ns != 0 && !x->in_grace && x->win_end_ns < next)
         next = x->win_end_ns;
     if (x->in_grace && x->grace_end_ns < next)
@@ -1447,6 +1554,8 @@ static bool
 sub_done(struct ctx *x, int64_t now)
 {
     if (x->settled >= x->o.streams && x->active == 0)
+        return true;
+    if (x->o.until_first && x->settled >= x->o.streams && x->awaiting_first == 0)
         return true;
     if (x->o.hold || x->win_end_ns == 0)
         return false;
@@ -1467,6 +1576,7 @@ run(struct ctx *x)
     bool timed_out = false, signalled = false;
 
     if (x->o.mode == MODE_SUB) {
+        x->start_ns = mono_ns();
         sub_start_more(x);
         check_ready(x);
     } else {
@@ -1550,9 +1660,14 @@ usage(FILE *f)
           "  --path P              request path (repeatable: streams or requests go round-robin)\n"
           "  --paths-file F        request paths, one a line\n"
           "  --max-time S          stop after S seconds in any case (60)\n"
+          "  --bind ADDR           bind every socket to this IPv4 source address, port 0\n"
           " sub:\n"
           "  -n N                  streams to open (1)\n"
-          "  --conc N              connections being set up at once (256)\n"
+          "  --conc N              connections being set up at once (256, at most 100000)\n"
+          "  --rate R              connects per second, stream i due i/R s after the start\n"
+          "                        (0: as fast as --conc lets them)\n"
+          "  --until-first         done once every stream has settled and every open one\n"
+          "                        has had its first event (per-stream ttfe_us)\n"
           "  --seq id|data|none    check per-stream gaps on the id field or data's \"n\" (id)\n"
           "  --window S            measurement window (0: none)\n"
           "  --warmup S            from all streams up to the start of the window (0)\n"
@@ -1652,6 +1767,10 @@ parse_args(struct opts *o, int argc, char **argv)
             o->hold = true;
             continue;
         }
+        if (strcmp(a, "--until-first") == 0) {
+            o->until_first = true;
+            continue;
+        }
         if (v == NULL) {
             fprintf(stderr, "sseload: %s needs a value\n", a);
             return -EINVAL;
@@ -1659,6 +1778,8 @@ parse_args(struct opts *o, int argc, char **argv)
         i++;
         if (strcmp(a, "--host") == 0) {
             o->host = v;
+        } else if (strcmp(a, "--bind") == 0) {
+            o->bind_host = v;
         } else if (strcmp(a, "--port") == 0) {
             rc = parse_u64(v, &u);
             o->port = (unsigned)u;
@@ -1750,6 +1871,15 @@ setup(struct ctx *x)
     if (inet_pton(AF_INET, x->o.host, &x->addr.sin_addr) != 1) {
         fprintf(stderr, "sseload: --host must be an IPv4 address\n");
         return -EINVAL;
+    }
+    if (x->o.bind_host != NULL) {
+        x->bind_addr.sin_family = AF_INET;
+        x->bind_addr.sin_port = 0;
+        if (inet_pton(AF_INET, x->o.bind_host, &x->bind_addr.sin_addr) != 1) {
+            fprintf(stderr, "sseload: --bind must be an IPv4 address\n");
+            return -EINVAL;
+        }
+        x->bind_set = true;
     }
     x->ep = epoll_create1(EPOLL_CLOEXEC);
     if (x->ep < 0)
