@@ -395,3 +395,96 @@ def test_readers_that_go_away_are_counted_not_warned(daemon):
     assert d.metrics().value("http_client_disconnects_total", listener="admin") == 0
     assert not [e for e in d.logs() if e.get("level") == "warn"], d.raw_stderr()[-2000:]
     assert d.wait_task(t["id"], timeout=scaled(30))["state"] == "succeeded"
+
+
+def _read_until(sock, pred, limit_s):
+    """Read from `sock` until pred(buffer) holds or the server closes; the
+    bytes read. Bounded by `limit_s`."""
+    sock.settimeout(limit_s)
+    buf = b""
+    deadline = time.monotonic() + limit_s
+    while not pred(buf) and time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def _ticker_post(count=3, interval_ms=5):
+    body = json.dumps({"kind": "ticker", "count": count, "interval_ms": interval_ms}).encode()
+    return (b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["in-turn", "pipelined"])
+def test_post_then_stream_on_one_keepalive_connection(daemon, pipelined):
+    """What a browser does: submit, then follow the task on the connection it
+    keeps. The stream is correct, ends with the chunked body's end, and the
+    connection then serves the reconnect's 204."""
+    d = daemon()
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=scaled(10))
+    try:
+        s.sendall(_ticker_post())
+        first = _read_until(s, lambda b: b"\r\n\r\n" in b and b.endswith(b"}"), scaled(10))
+        status, headers, body, complete = split_response(first)
+        assert status == 202 and complete, first[:300]
+        tid = json.loads(body)["id"]
+        get = b"GET /v1/tasks/%s/events HTTP/1.1\r\nHost: x\r\n\r\n" % tid.encode()
+        reconnect = (b"GET /v1/tasks/%s/events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 4\r\n\r\n"
+                     % tid.encode())
+        s.sendall(get + reconnect if pipelined else get)
+        raw = _read_until(s, lambda b: b"\n\n\r\n0\r\n\r\n" in b, scaled(10))
+        status, headers, body, complete = split_response(raw)
+        assert status == 200 and complete, raw[-300:]
+        assert headers["content-type"] == "text/event-stream"
+        check_complete_stream(parse_sse_bytes(body), 3)
+        rest = raw[raw.index(b"\n\n\r\n0\r\n\r\n") + 9:]
+        if not pipelined:
+            s.sendall(reconnect)
+        if b"\r\n\r\n" not in rest:
+            rest += _read_until(s, lambda b: b"\r\n\r\n" in rest + b, scaled(10))
+        assert rest.startswith(b"HTTP/1.1 204 No Content\r\n"), rest[:200]
+    finally:
+        s.close()
+
+
+def test_http10_stream_is_not_chunked_and_ends_with_the_connection(daemon):
+    """HTTP/1.0 has no chunked coding: the body is the frames themselves, and
+    the server closes the connection after "end"."""
+    d = daemon()
+    t = d.submit(count=3, interval_ms=5)
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=scaled(10))
+    try:
+        s.sendall(b"GET /v1/tasks/%s/events HTTP/1.0\r\n\r\n" % t["id"].encode())
+        raw = _read_until(s, lambda b: False, scaled(10))  # to the close
+    finally:
+        s.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    assert b"transfer-encoding" not in head.lower()
+    assert b"connection: close" in head.lower()
+    assert body.startswith(b"retry: "), body[:50]
+    check_complete_stream(parse_sse_bytes(body), 3)
+
+
+def test_expect_100_continue_gets_continue_then_the_answer(daemon):
+    """curl sends Expect: 100-continue for large bodies and waits for the
+    interim answer before the body."""
+    d = daemon()
+    body = json.dumps({"kind": "ticker", "count": 1, "interval_ms": 1}).encode()
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=scaled(10))
+    try:
+        s.sendall(b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        interim = _read_until(s, lambda b: b"\r\n\r\n" in b, scaled(10))
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+        s.sendall(body)
+        raw = _read_until(s, lambda b: b"\r\n\r\n" in b and b.endswith(b"}"), scaled(10))
+    finally:
+        s.close()
+    status, _, answer, complete = split_response(raw)
+    assert status == 202 and complete and json.loads(answer)["kind"] == "ticker"
