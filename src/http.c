@@ -659,6 +659,16 @@ ts_http_reply_stream(struct ts_http_request *req, const struct ts_http_stream_op
 
 /* ---- writing ---- */
 
+/* A write failed (errno): the socket is full, or the connection is gone. */
+static void
+write_failed(struct conn *c)
+{
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        c->blocked = true;
+    else
+        c->eof = true;
+}
+
 /* Write what is left of c->out. True when all of it went; false when the
  * socket is full (c->blocked) or the connection failed (c->eof). */
 static bool
@@ -670,10 +680,7 @@ flush_out(struct conn *c)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                c->blocked = true;
-            else
-                c->eof = true;
+            write_failed(c);
             return false;
         }
         c->out_off += (size_t)n;
@@ -706,10 +713,7 @@ flush_pending(struct conn *c)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                c->blocked = true;
-            else
-                c->eof = true;
+            write_failed(c);
             return false;
         }
         c->active_ns = c->written_ns = c->loop->now;

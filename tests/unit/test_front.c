@@ -308,6 +308,25 @@ open_stream(struct client *c, struct fixture *fx, struct ts_task *t, const char 
     (void)fx;
 }
 
+/* Open a stream of `t` and read up to its first event. */
+static void
+follow(struct client *c, struct fixture *fx, struct ts_task *t, int rcvbuf)
+{
+    client_open(c, fx, rcvbuf);
+    open_stream(c, fx, t, NULL);
+    assert_true(client_until(c, "id: 1\n", READ_LIMIT_MS));
+}
+
+/* The end of a test of a driven task. */
+static void
+finish(struct client *c, struct fixture *fx, struct ts_task *t)
+{
+    client_close(c);
+    cancel(fx, t);
+    ts_task_unref(t);
+    fixture_free(fx);
+}
+
 static void
 advance_s(struct fixture *fx, int64_t s)
 {
@@ -382,10 +401,7 @@ test_gap_then_the_retained_events(void **state)
     assert_non_null(find(&c, "event: gap\ndata: {\"first_missing\":2,\"last_missing\":4}"));
     assert_true(find(&c, "event: gap") < find(&c, "id: 5\n"));
     assert_null(find(&c, "id: 4\n"));
-    client_close(&c);
-    cancel(fx, t);
-    ts_task_unref(t);
-    fixture_free(fx);
+    finish(&c, fx, t);
 }
 
 /* A silent stream writes a heartbeat at half the interval, not before. */
@@ -397,9 +413,7 @@ test_heartbeat_at_half_the_interval(void **state)
     struct client c;
 
     (void)state;
-    client_open(&c, fx, 0);
-    open_stream(&c, fx, t, NULL);
-    assert_true(client_until(&c, "id: 1\n", READ_LIMIT_MS));
+    follow(&c, fx, t, 0);
     client_clear(&c);
 
     ts_fake_clock_advance(&fx->fake, HEARTBEAT_S * TS_NS_PER_S / 2 - TS_NS_PER_MS);
@@ -409,14 +423,11 @@ test_heartbeat_at_half_the_interval(void **state)
     assert_true(client_until(&c, "3\r\n:\n\n\r\n", READ_LIMIT_MS));
     assert_true(metric_is(fx, "sse_heartbeats_sent_total 1\n"));
 
-    /* And again half an interval after that one, not after the event. */
+    /* And again half an interval after that one. */
     client_clear(&c);
     advance_s(fx, HEARTBEAT_S / 2);
     assert_true(client_until(&c, "3\r\n:\n\n\r\n", READ_LIMIT_MS));
-    client_close(&c);
-    cancel(fx, t);
-    ts_task_unref(t);
-    fixture_free(fx);
+    finish(&c, fx, t);
 }
 
 /* A drain gives every open stream its "draining" notice; the stream goes on. */
@@ -428,18 +439,13 @@ test_draining_notice_then_more_events(void **state)
     struct client c;
 
     (void)state;
-    client_open(&c, fx, 0);
-    open_stream(&c, fx, t, NULL);
-    assert_true(client_until(&c, "id: 1\n", READ_LIMIT_MS));
+    follow(&c, fx, t, 0);
     ts_coordinator_drain(fx->coord);
     assert_true(client_until(&c, "event: draining\ndata: {\"reason\":\"manual\"}", READ_LIMIT_MS));
     client_clear(&c);
     ask_event(fx);
     assert_true(client_until(&c, "id: 2\nevent: step", READ_LIMIT_MS));
-    client_close(&c);
-    cancel(fx, t);
-    ts_task_unref(t);
-    fixture_free(fx);
+    finish(&c, fx, t);
 }
 
 /* A client that stops reading while its task writes past the log is cut as
@@ -454,9 +460,7 @@ test_slow_consumer_cut_after_a_heartbeat_interval(void **state)
     struct client c;
 
     (void)state;
-    client_open(&c, fx, 4096);
-    open_stream(&c, fx, t, NULL);
-    assert_true(client_until(&c, "id: 1\n", READ_LIMIT_MS));
+    follow(&c, fx, t, 4096);
     /* 300 x 32 KiB: more than the socket buffers on both sides hold, and the
      * log keeps 8, so the stream is left behind with its socket full. */
     ask_events(fx, 300);
@@ -468,10 +472,7 @@ test_slow_consumer_cut_after_a_heartbeat_interval(void **state)
     }
     assert_true(c.closed);
     assert_true(metric_is(fx, "sse_slow_consumers_closed_total 1\n"));
-    client_close(&c);
-    cancel(fx, t);
-    ts_task_unref(t);
-    fixture_free(fx);
+    finish(&c, fx, t);
 }
 
 /* ---- the stop sequence ---- */
@@ -513,9 +514,7 @@ test_stop_sequence_waits_to_the_deadline(void **state)
     (void)state;
     pthread_mutex_init(&sc.mu, NULL);
     pthread_cond_init(&sc.cv, NULL);
-    client_open(&c, fx, 0);
-    open_stream(&c, fx, t, NULL);
-    assert_true(client_until(&c, "id: 1\n", READ_LIMIT_MS));
+    follow(&c, fx, t, 0);
     assert_int_equal(pthread_create(&th, NULL, shutdown_thread, &sc), 0);
     assert_true(client_until(&c, "event: draining\ndata: {\"reason\":\"signal\"}", READ_LIMIT_MS));
 
