@@ -90,13 +90,11 @@ ts_fd_reserve_free(struct ts_fd_reserve *r)
     free(r);
 }
 
-/* Open what is missing, as far as descriptors allow. True when whole. */
+/* Open what is missing, as far as descriptors allow. True when whole.
+ * r->mu held. */
 static bool
-reserve_refill(struct ts_fd_reserve *r)
+reserve_refill_locked(struct ts_fd_reserve *r)
 {
-    bool whole;
-
-    pthread_mutex_lock(&r->mu);
     while (r->held < r->want) {
         int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
@@ -104,24 +102,18 @@ reserve_refill(struct ts_fd_reserve *r)
             break;
         r->fds[r->held++] = fd;
     }
-    whole = r->held == r->want;
-    pthread_mutex_unlock(&r->mu);
-    return whole;
+    return r->held == r->want;
 }
 
-/* Free one slot of the descriptor table. False when nothing is held. */
+/* Free one slot of the descriptor table. False when nothing is held.
+ * r->mu held. */
 static bool
-reserve_spend(struct ts_fd_reserve *r)
+reserve_spend_locked(struct ts_fd_reserve *r)
 {
-    bool spent = false;
-
-    pthread_mutex_lock(&r->mu);
-    if (r->held > 0) {
-        close(r->fds[--r->held]);
-        spent = true;
-    }
-    pthread_mutex_unlock(&r->mu);
-    return spent;
+    if (r->held == 0)
+        return false;
+    close(r->fds[--r->held]);
+    return true;
 }
 
 /* ---- sockets ---- */
@@ -234,67 +226,78 @@ take(struct ts_listener *l, struct sockaddr_storage *ss, socklen_t *len)
 
 enum accept_result { ACCEPTED_ALL, NO_DESCRIPTOR, AT_CAP };
 
-/* Accept everything queued, until the owner is at its cap or there is no
- * descriptor to spend (then the caller backs off). */
+/*
+ * Accept everything queued, until the owner is at its cap or there is no
+ * descriptor to spend (then the caller backs off).
+ *
+ * Each step (refill, accept, or spend a slot and accept into it) holds the
+ * reserve's lock, which every listener of the server takes for the same: a
+ * slot one listener frees is never taken by another's refill or accept
+ * before its own accept4() (other threads opening files still can; then the
+ * next slot is tried, as long as the reserve has one).
+ */
 static enum accept_result
 accept_all(struct ts_listener *l)
 {
+    struct ts_fd_reserve *r = l->cfg.reserve;
+    bool serve = l->cfg.serve_from_reserve;
     struct sockaddr_storage ss;
     socklen_t len;
 
     for (;;) {
-        bool whole;
-        int fd = -1, err;
+        bool whole, spent = false, none = false;
+        int fd = -1, err = 0;
 
         if (l->cfg.admit != NULL && !l->cfg.admit(l->cfg.arg))
             return AT_CAP;
-        whole = reserve_refill(l->cfg.reserve);
-
+        pthread_mutex_lock(&r->mu);
+        whole = reserve_refill_locked(r);
         /* Only a listener that may serve from the reserve accepts while it
          * is not whole: the others would take what the probes need. */
-        if (whole || l->cfg.serve_from_reserve) {
+        if (whole || serve) {
             fd = take(l, &ss, &len);
-            if (fd >= 0) {
+            err = fd < 0 ? errno : 0;
+        }
+        /* Out of descriptors, or keeping the reserve whole: one slot. */
+        if ((!whole && !serve) || (fd < 0 && out_of_fds(err))) {
+            none = !reserve_spend_locked(r);
+            if (!none) {
+                spent = true;
+                fd = take(l, &ss, &len);
+                err = fd < 0 ? errno : 0;
+                if (fd < 0)
+                    reserve_refill_locked(r); /* the slot spent for nothing */
+            }
+        }
+        pthread_mutex_unlock(&r->mu);
+
+        if (none) {
+            note_exhausted(l, false);
+            return NO_DESCRIPTOR;
+        }
+        if (fd >= 0) {
+            if (!spent) {
                 if (whole)
                     note_recovered(l);
                 l->cfg.on_accept(l->cfg.arg, fd, (struct sockaddr *)&ss, len);
-                continue;
+            } else if (serve) {
+                note_exhausted(l, false);
+                l->cfg.on_accept(l->cfg.arg, fd, (struct sockaddr *)&ss, len);
+            } else {
+                close(fd);
+                note_exhausted(l, true);
             }
-            err = errno;
-            if (err == EAGAIN || err == EWOULDBLOCK)
-                return ACCEPTED_ALL;
-            if (err == EINTR || err == ECONNABORTED || err == EPROTO || err == EPERM)
-                continue;
-            if (!out_of_fds(err)) {
-                ts_log(l->cfg.log, TS_LOG_ERROR, "accept failed", TS_F_STR("listener", l->name),
-                       TS_F_STR("error", ts_strerror(-err)), TS_F_END);
-                return NO_DESCRIPTOR;
-            }
+            continue;
         }
-        /* Out of descriptors, or keeping the reserve whole: one slot. */
-        if (!reserve_spend(l->cfg.reserve)) {
-            note_exhausted(l, false);
-            return NO_DESCRIPTOR;
-        }
-        fd = take(l, &ss, &len);
-        if (fd < 0) {
-            err = errno;
-            if (err == EAGAIN || err == EWOULDBLOCK) {
-                reserve_refill(l->cfg.reserve); /* the slot spent for nothing */
-                return ACCEPTED_ALL;
-            }
-            if (err == EINTR || err == ECONNABORTED || err == EPROTO || err == EPERM)
-                continue;
-            note_exhausted(l, false);
-            return NO_DESCRIPTOR;
-        }
-        if (l->cfg.serve_from_reserve) {
-            note_exhausted(l, false);
-            l->cfg.on_accept(l->cfg.arg, fd, (struct sockaddr *)&ss, len);
-        } else {
-            close(fd);
-            note_exhausted(l, true);
-        }
+        if (err == EAGAIN || err == EWOULDBLOCK)
+            return ACCEPTED_ALL;
+        if (err == EINTR || err == ECONNABORTED || err == EPROTO || err == EPERM)
+            continue;
+        if (out_of_fds(err))
+            continue; /* the slot went to another thread: the next one */
+        ts_log(l->cfg.log, TS_LOG_ERROR, "accept failed", TS_F_STR("listener", l->name),
+               TS_F_STR("error", ts_strerror(-err)), TS_F_END);
+        return NO_DESCRIPTOR;
     }
 }
 
