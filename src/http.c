@@ -132,15 +132,22 @@ struct conn {
     unsigned pend_first, pend_n;
 };
 
+/* An accepted connection on its way to a loop. */
+struct handoff {
+    int fd;
+    struct ip_count *ip;
+};
+
 struct ts_http_loop {
     struct ts_http *h;
     pthread_t thread;
     int epfd, evfd;
 
     pthread_mutex_t mu;
-    int *inbox; /* accepted descriptors to take; mu */
-    struct ip_count **inbox_ip;
+    struct handoff *inbox; /* accepted connections to take; mu */
     size_t inbox_n, inbox_cap;
+    struct handoff *spare; /* the loop's: swapped with `inbox` to take it */
+    size_t spare_cap;
     struct ts_http_post *posts, *posts_tail; /* POST_QUEUED; mu */
     struct ts_http_post *batch;              /* POST_TAKEN: to run this turn; the thread's */
     bool signalled;                          /* evfd written and not yet read; mu */
@@ -190,7 +197,6 @@ struct ts_http_request {
     struct ts_buf body;
     struct ts_buf hdrs; /* response headers added by the handler */
     struct qval *qvals;
-    size_t raw_len;
     char raw[]; /* the head, as parsed (values NUL-terminated in place) */
 };
 
@@ -902,7 +908,6 @@ begin_request(struct conn *c, size_t len)
     ts_buf_init(&req->hdrs, 4096);
     ts_buf_init(&req->body, 0);
     memcpy(req->raw, c->in, len);
-    req->raw_len = len;
     c->req = req;
     rc = ts_http_head_parse(&req->head, &c->scan, req->raw, len, &h->limits, &why);
     consume(c, len);
@@ -1526,9 +1531,8 @@ ts_http_post_cancel(struct ts_http_loop *l, struct ts_http_post *p)
 static bool
 loop_take(struct ts_http_loop *l)
 {
-    int *fds = NULL;
-    struct ip_count **ips = NULL;
-    size_t n;
+    struct handoff *taken;
+    size_t n, cap;
     uint64_t v;
     bool stop;
 
@@ -1536,19 +1540,15 @@ loop_take(struct ts_http_loop *l)
     pthread_mutex_lock(&l->mu);
     l->signalled = false;
     stop = l->stop;
+    /* The accept thread fills one array while the loop opens the other. */
+    taken = l->inbox;
     n = l->inbox_n;
-    if (n > 0) {
-        fds = malloc(n * sizeof(*fds));
-        ips = malloc(n * sizeof(*ips));
-        if (fds != NULL && ips != NULL) {
-            memcpy(fds, l->inbox, n * sizeof(*fds));
-            memcpy(ips, l->inbox_ip, n * sizeof(*ips));
-            l->inbox_n = 0;
-        } else {
-            n = 0;
-            loop_signal_locked(l); /* try again on the next turn */
-        }
-    }
+    cap = l->inbox_cap;
+    l->inbox = l->spare;
+    l->inbox_cap = l->spare_cap;
+    l->spare = taken;
+    l->spare_cap = cap;
+    l->inbox_n = 0;
     l->batch = l->posts;
     l->posts = l->posts_tail = NULL;
     for (struct ts_http_post *p = l->batch; p != NULL; p = p->next)
@@ -1556,9 +1556,7 @@ loop_take(struct ts_http_loop *l)
     pthread_mutex_unlock(&l->mu);
 
     for (size_t i = 0; i < n; i++)
-        conn_open(l, fds[i], ips[i]);
-    free(fds);
-    free(ips);
+        conn_open(l, taken[i].fd, taken[i].ip);
     /* Each is idle again just before it runs: what is posted from then on
      * runs on a later turn. run() may cancel one still in the batch. */
     while (l->batch != NULL) {
@@ -1741,13 +1739,9 @@ on_accept(void *arg, int fd, const struct sockaddr *sa, socklen_t salen)
     pthread_mutex_lock(&l->mu);
     if (l->inbox_n == l->inbox_cap) {
         size_t cap = l->inbox_cap == 0 ? 64 : l->inbox_cap * 2;
-        int *fds = realloc(l->inbox, cap * sizeof(*fds));
-        struct ip_count **ips;
+        struct handoff *grown = realloc(l->inbox, cap * sizeof(*grown));
 
-        if (fds != NULL)
-            l->inbox = fds;
-        ips = fds != NULL ? realloc(l->inbox_ip, cap * sizeof(*ips)) : NULL;
-        if (ips == NULL) {
+        if (grown == NULL) {
             pthread_mutex_unlock(&l->mu);
             close(fd);
             ip_release(h, ip);
@@ -1755,11 +1749,10 @@ on_accept(void *arg, int fd, const struct sockaddr *sa, socklen_t salen)
                 ts_listener_resume(h->listener);
             return;
         }
-        l->inbox_ip = ips;
+        l->inbox = grown;
         l->inbox_cap = cap;
     }
-    l->inbox[l->inbox_n] = fd;
-    l->inbox_ip[l->inbox_n++] = ip;
+    l->inbox[l->inbox_n++] = (struct handoff){fd, ip};
     loop_signal_locked(l);
     pthread_mutex_unlock(&l->mu);
 }
@@ -1797,11 +1790,11 @@ loop_dispose(struct ts_http_loop *l)
     if (l->watching)
         ts_clock_unwatch(&l->h->cfg.clock, loop_clock_moved, l);
     for (size_t i = 0; i < l->inbox_n; i++) {
-        close(l->inbox[i]);
-        ip_release(l->h, l->inbox_ip[i]);
+        close(l->inbox[i].fd);
+        ip_release(l->h, l->inbox[i].ip);
     }
     free(l->inbox);
-    free(l->inbox_ip);
+    free(l->spare);
     if (l->evfd >= 0)
         close(l->evfd);
     if (l->epfd >= 0)

@@ -301,11 +301,10 @@ client_close(struct client *c)
 }
 
 static void
-open_stream(struct client *c, struct fixture *fx, struct ts_task *t, const char *extra)
+open_stream(struct client *c, struct ts_task *t, const char *extra)
 {
     client_send(c, "GET /v1/tasks/%s/events HTTP/1.1\r\nHost: x\r\n%s\r\n", ts_task_get_id(t),
                 extra != NULL ? extra : "");
-    (void)fx;
 }
 
 /* Open a stream of `t` and read up to its first event. */
@@ -313,7 +312,7 @@ static void
 follow(struct client *c, struct fixture *fx, struct ts_task *t, int rcvbuf)
 {
     client_open(c, fx, rcvbuf);
-    open_stream(c, fx, t, NULL);
+    open_stream(c, t, NULL);
     assert_true(client_until(c, "id: 1\n", READ_LIMIT_MS));
 }
 
@@ -359,7 +358,7 @@ test_replay_live_end_then_204(void **state)
 
     (void)state;
     client_open(&c, fx, 0);
-    open_stream(&c, fx, t, NULL);
+    open_stream(&c, t, NULL);
     assert_true(client_until(&c, "id: 2\nevent: step", READ_LIMIT_MS));
     assert_non_null(find(&c, "HTTP/1.1 200 OK\r\n"));
     assert_non_null(find(&c, "Content-Type: text/event-stream\r\n"));
@@ -379,7 +378,7 @@ test_replay_live_end_then_204(void **state)
     assert_false(c.closed);
 
     client_clear(&c);
-    open_stream(&c, fx, t, "Last-Event-ID: 4\r\n");
+    open_stream(&c, t, "Last-Event-ID: 4\r\n");
     assert_true(client_until(&c, "HTTP/1.1 204 No Content\r\n", READ_LIMIT_MS));
     client_close(&c);
     ts_task_unref(t);
@@ -396,7 +395,7 @@ test_gap_then_the_retained_events(void **state)
 
     (void)state;
     client_open(&c, fx, 0);
-    open_stream(&c, fx, t, "Last-Event-ID: 1\r\n");
+    open_stream(&c, t, "Last-Event-ID: 1\r\n");
     assert_true(client_until(&c, "id: 12\n", READ_LIMIT_MS));
     assert_non_null(find(&c, "event: gap\ndata: {\"first_missing\":2,\"last_missing\":4}"));
     assert_true(find(&c, "event: gap") < find(&c, "id: 5\n"));
