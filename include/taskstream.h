@@ -101,6 +101,16 @@ struct ts_config {
      * none. Not a setting: the library never reads the environment itself. */
     char *const *env;
 
+    /* Cluster mode (docs/cluster.md); redis_url NULL: tasks live in this
+     * process only. */
+    char *redis_url;           /* redis://[:password@]host:port[/db], unix:///path[?db=N] */
+    char *redis_password;      /* NULL: none, or the URL's */
+    char *redis_password_file; /* where redis_password was read from; NULL: not a file */
+    char *redis_key_prefix;    /* of every key and channel */
+    char *replica_id;          /* NULL: hostname-pid */
+    int64_t redis_timeout_ms;  /* connect and command deadline */
+    int64_t task_lease_ms;     /* a task's owner renews within this */
+
     enum ts_log_format log_format;
     enum ts_log_level log_level;
 };

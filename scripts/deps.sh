@@ -4,12 +4,14 @@
 # As root it calls apt-get; otherwise sudo apt-get.
 set -eu
 
-# xxd embeds the dashboard (web/) into the binary at build time.
-build="cmake ninja-build gcc clang pkg-config libjansson-dev uthash-dev libsystemd-dev xxd"
+# xxd embeds the dashboard (web/) into the binary at build time; hiredis is
+# the Redis client of cluster mode.
+build="cmake ninja-build gcc clang pkg-config libjansson-dev uthash-dev libsystemd-dev xxd libhiredis-dev"
 # chromium, nginx, node: the real clients and proxy of tests/e2e (the npm
-# packages they use are installed by the tests from their lockfile).
-test="$build libcmocka-dev python3 python3-pytest python3-yaml python3-h11 curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx"
-bench="$build python3 nginx libnginx-mod-nchan"
+# packages they use are installed by the tests from their lockfile);
+# redis-server: the store of the cluster tests, started by the tests.
+test="$build libcmocka-dev python3 python3-pytest python3-yaml python3-h11 curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx redis-server"
+bench="$build python3 nginx libnginx-mod-nchan redis-server"
 
 case "${1:-build}" in
 build) want=$build ;;
@@ -38,10 +40,11 @@ if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
 # than fail on its lock.
 lock="-o DPkg::Lock::Timeout=600"
 $sudo apt-get $lock update -qq
-# We want promtool, nginx and chromium as programs the tests start themselves:
-# their packages must not start system services (prometheus would take port
-# 9090, nginx port 80). policy-rc.d is Debian's switch for that; ours is
-# removed again afterwards, and an existing one is left alone.
+# We want promtool, nginx, redis-server and chromium as programs the tests
+# start themselves: their packages must not start system services (prometheus
+# would take port 9090, nginx port 80, redis-server port 6379). policy-rc.d
+# is Debian's switch for that; ours is removed again afterwards, and an
+# existing one is left alone.
 policy=/usr/sbin/policy-rc.d
 if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null

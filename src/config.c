@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "redis.h"
 #include "util.h"
 
 #define SECOND_MS INT64_C(1000)
@@ -46,6 +47,8 @@
 #define KEY_FILE_MAX 4096
 /* Room for a quoted, escaped, possibly cut value in a message. */
 #define SHOWN_MAX 96
+/* T_TEXT values: names, not documents. */
+#define TEXT_MAX 64
 
 enum setting_type {
     T_ADDRESS,     /* "host:port", kept as text */
@@ -57,6 +60,8 @@ enum setting_type {
     T_SECRET,      /* a key; "" is none (NULL); never echoed */
     T_SECRET_FILE, /* a file name, kept; the file holds the T_SECRET at `secret` */
     T_PATH,        /* a file name; "" is none (NULL) */
+    T_TEXT,        /* a name of printable ASCII without spaces, at most 64 bytes; "" is none */
+    T_URL,         /* a Redis URL (redis.h); "" is none; shown redacted (it may hold a password) */
 };
 
 struct choice {
@@ -416,6 +421,81 @@ static const struct setting settings[] = {
         .help = "JSON file listing the command tasks clients may start. Empty: no command tasks.",
     },
     {
+        .name = "redis_url",
+        .env = "REDIS_URL",
+        .flag = "--redis-url",
+        .type = T_URL,
+        .def = "",
+        FIELD(redis_url),
+        .help = "Cluster mode: the Redis that holds every task, its events and its lease, as "
+                "redis://[:password@]host:port[/db] or unix:///path/redis.sock[?db=N]. Empty: "
+                "tasks live in this process only (docs/cluster.md).",
+    },
+    {
+        .name = "redis_password",
+        .env = "REDIS_PASSWORD",
+        .flag = "--redis-password",
+        .type = T_SECRET,
+        .def = "",
+        FIELD(redis_password),
+        .help = "Password for Redis (AUTH); overrides one in REDIS_URL. Prefer "
+                "REDIS_PASSWORD_FILE.",
+    },
+    {
+        .name = "redis_password_file",
+        .env = "REDIS_PASSWORD_FILE",
+        .flag = "--redis-password-file",
+        .type = T_SECRET_FILE,
+        .def = "",
+        FIELD(redis_password_file),
+        .secret = offsetof(struct ts_config, redis_password),
+        .help = "File holding REDIS_PASSWORD; one trailing newline is stripped. Set this or "
+                "REDIS_PASSWORD, not both.",
+    },
+    {
+        .name = "redis_key_prefix",
+        .env = "REDIS_KEY_PREFIX",
+        .flag = "--redis-key-prefix",
+        .type = T_TEXT,
+        .def = "taskstream:",
+        FIELD(redis_key_prefix),
+        .help = "Prefix of every Redis key and channel: replicas sharing it form one cluster.",
+    },
+    {
+        .name = "redis_timeout",
+        .env = "REDIS_TIMEOUT",
+        .flag = "--redis-timeout",
+        .type = T_DURATION,
+        .def = "2s",
+        .min = 10,
+        .max = 60 * SECOND_MS,
+        FIELD(redis_timeout_ms),
+        .help = "A Redis connect or command without an answer by then counts as Redis being "
+                "unavailable: the connection is dropped and made again.",
+    },
+    {
+        .name = "replica_id",
+        .env = "REPLICA_ID",
+        .flag = "--replica-id",
+        .type = T_TEXT,
+        .def = "",
+        FIELD(replica_id),
+        .help = "This replica's name in cluster mode (the task JSON's \"replica\"). Empty: "
+                "hostname-pid.",
+    },
+    {
+        .name = "task_lease",
+        .env = "TASK_LEASE",
+        .flag = "--task-lease",
+        .type = T_DURATION,
+        .def = "15s",
+        .min = SECOND_MS,
+        .max = HOUR_MS,
+        FIELD(task_lease_ms),
+        .help = "Cluster mode: how long a replica owns a running task without renewing (it renews "
+                "every third of it); when it lapses, another replica takes the task over.",
+    },
+    {
         .name = "log_format",
         .env = "LOG_FORMAT",
         .flag = "--log-format",
@@ -511,7 +591,7 @@ quote(const char *v, size_t n, char out[SHOWN_MAX])
 static void
 show_value(const struct setting *s, const char *value, char out[SHOWN_MAX])
 {
-    if (s->type == T_SECRET)
+    if (s->type == T_SECRET || s->type == T_URL)
         snprintf(out, SHOWN_MAX, "<redacted>");
     else
         quote(value, strlen(value), out);
@@ -604,6 +684,12 @@ describe_allowed(const struct setting *s, char *out, size_t outlen)
     case T_SECRET:
         snprintf(out, outlen, "printable ASCII without spaces");
         break;
+    case T_TEXT:
+        snprintf(out, outlen, "printable ASCII without spaces, at most %d bytes", TEXT_MAX);
+        break;
+    case T_URL:
+        snprintf(out, outlen, "redis://[:password@]host:port[/db] or unix:///path[?db=N]");
+        break;
     case T_SECRET_FILE:
     case T_PATH:
         break;
@@ -616,7 +702,7 @@ static bool
 owns_string(const struct setting *s)
 {
     return s->type == T_ADDRESS || s->type == T_SECRET || s->type == T_SECRET_FILE ||
-           s->type == T_PATH;
+           s->type == T_PATH || s->type == T_TEXT || s->type == T_URL;
 }
 
 static char **
@@ -648,7 +734,7 @@ set_string(struct ts_config *cfg, const struct setting *s, const char *value, si
         if (copy == NULL)
             return -ENOMEM;
     }
-    release_string(field, s->type == T_SECRET);
+    release_string(field, s->type == T_SECRET || s->type == T_URL);
     *field = copy;
     return 0;
 }
@@ -840,6 +926,14 @@ convert(struct ts_config *cfg, const struct setting *s, const char *value, char 
         return load_key_file(cfg, s, value, err, errlen);
     case T_PATH:
         return set_string(cfg, s, *value != '\0' ? value : NULL, strlen(value));
+    case T_TEXT:
+        if (strlen(value) > TEXT_MAX || !key_chars_ok(value, strlen(value)))
+            return fail(err, errlen, s, "%s is not allowed; use %s", shown, allowed);
+        return set_string(cfg, s, *value != '\0' ? value : NULL, strlen(value));
+    case T_URL:
+        if (*value != '\0' && ts_redis_url_parse(value, NULL) != 0)
+            return fail(err, errlen, s, "%s is not a Redis URL; use %s", shown, allowed);
+        return set_string(cfg, s, *value != '\0' ? value : NULL, strlen(value));
     }
     return -EINVAL;
 }
@@ -980,7 +1074,8 @@ ts_config_dispose(struct ts_config *cfg)
 
     for (i = 0; i < NSETTINGS; i++)
         if (owns_string(&settings[i]))
-            release_string(string_field(cfg, &settings[i]), settings[i].type == T_SECRET);
+            release_string(string_field(cfg, &settings[i]),
+                           settings[i].type == T_SECRET || settings[i].type == T_URL);
 }
 
 int
@@ -1245,6 +1340,8 @@ metavar(const struct setting *s, char *out, size_t outlen)
         [T_SECRET] = "KEY",
         [T_SECRET_FILE] = "PATH",
         [T_PATH] = "PATH",
+        [T_TEXT] = "TEXT",
+        [T_URL] = "URL",
     };
     const struct choice *c;
     size_t n = 0;

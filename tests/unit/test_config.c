@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "redis.h"
 #include "taskstream.h"
 #include "util.h"
 
@@ -52,6 +53,13 @@ static const struct {
     {"HEADER_TIMEOUT", "--header-timeout"},
     {"HTTP_THREADS", "--http-threads"},
     {"COMMANDS_FILE", "--commands-file"},
+    {"REDIS_URL", "--redis-url"},
+    {"REDIS_PASSWORD", "--redis-password"},
+    {"REDIS_PASSWORD_FILE", "--redis-password-file"},
+    {"REDIS_KEY_PREFIX", "--redis-key-prefix"},
+    {"REDIS_TIMEOUT", "--redis-timeout"},
+    {"REPLICA_ID", "--replica-id"},
+    {"TASK_LEASE", "--task-lease"},
     {"LOG_FORMAT", "--log-format"},
     {"LOG_LEVEL", "--log-level"},
 };
@@ -105,6 +113,12 @@ assert_config_equal(const struct ts_config *a, const struct ts_config *b)
     assert_int_equal(a->header_timeout_ms, b->header_timeout_ms);
     assert_int_equal(a->http_threads, b->http_threads);
     assert_str_or_null_equal(a->commands_file, b->commands_file);
+    assert_str_or_null_equal(a->redis_url, b->redis_url);
+    assert_str_or_null_equal(a->redis_password, b->redis_password);
+    assert_str_or_null_equal(a->redis_key_prefix, b->redis_key_prefix);
+    assert_str_or_null_equal(a->replica_id, b->replica_id);
+    assert_int_equal(a->redis_timeout_ms, b->redis_timeout_ms);
+    assert_int_equal(a->task_lease_ms, b->task_lease_ms);
     assert_int_equal(a->log_format, b->log_format);
     assert_int_equal(a->log_level, b->log_level);
 }
@@ -1061,6 +1075,68 @@ test_markdown(void **state)
     free(text);
 }
 
+/* Cluster settings: defaults, a URL that is checked and never echoed, names
+ * that are names, a lease of at least a second. */
+static void
+test_cluster_settings(void **state)
+{
+    static const char *const bad_urls[] = {
+        "http://127.0.0.1:6379", "redis://",      "redis://:6379",        "redis://h:0",
+        "redis://h:65536",       "redis://h:12x", "redis://h/db",         "redis://h/70000",
+        "redis://:pw%zz@h",      "unix://",       "unix://relative.sock", "unix:///s.sock?db=",
+        "unix:///s.sock?x=1",    "redis://[::1",  "redis://a b:1",
+    };
+    struct ts_redis_target t;
+    struct ts_config cfg;
+    char err[512];
+
+    (void)state;
+    assert_int_equal(ts_config_init(&cfg), 0);
+    assert_null(cfg.redis_url);
+    assert_string_equal(cfg.redis_key_prefix, "taskstream:");
+    assert_null(cfg.replica_id);
+    assert_int_equal(cfg.task_lease_ms, 15000);
+    assert_int_equal(cfg.redis_timeout_ms, 2000);
+    assert_int_equal(parse(&cfg,
+                           (char *[]){"REDIS_URL=redis://:s3cret@10.0.0.7:6380/2", "REPLICA_ID=a-1",
+                                      "TASK_LEASE=2s", NULL},
+                           NULL, err, sizeof(err)),
+                     TS_CONFIG_OK);
+    assert_string_equal(cfg.redis_url, "redis://:s3cret@10.0.0.7:6380/2");
+    assert_string_equal(cfg.replica_id, "a-1");
+    assert_int_equal(cfg.task_lease_ms, 2000);
+    for (size_t i = 0; i < TS_ARRAY_SIZE(bad_urls); i++) {
+        char env[128];
+
+        snprintf(env, sizeof(env), "REDIS_URL=%s", bad_urls[i]);
+        assert_int_equal(parse(&cfg, (char *[]){env, NULL}, NULL, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, "REDIS_URL"));
+        assert_non_null(strstr(err, "<redacted>")); /* a URL may hold a password */
+        assert_null(strstr(err, "pw%zz"));
+    }
+    assert_int_equal(parse(&cfg, (char *[]){"REPLICA_ID=a b", NULL}, NULL, err, sizeof(err)),
+                     -EINVAL);
+    assert_int_equal(parse(&cfg, (char *[]){"TASK_LEASE=500ms", NULL}, NULL, err, sizeof(err)),
+                     -EINVAL);
+    ts_config_dispose(&cfg);
+
+    assert_int_equal(ts_redis_url_parse("redis://:p%40ss@[::1]:7000/3", &t), 0);
+    assert_string_equal(t.host, "::1");
+    assert_int_equal(t.port, 7000);
+    assert_int_equal(t.db, 3);
+    assert_string_equal(t.password, "p@ss");
+    assert_int_equal(ts_redis_url_parse("redis://localhost", &t), 0);
+    assert_string_equal(t.host, "localhost");
+    assert_int_equal(t.port, 6379);
+    assert_int_equal(t.db, 0);
+    assert_string_equal(t.password, "");
+    assert_int_equal(ts_redis_url_parse("unix:///run/redis/redis.sock?db=5", &t), 0);
+    assert_string_equal(t.path, "/run/redis/redis.sock");
+    assert_int_equal(t.db, 5);
+    for (size_t i = 0; i < TS_ARRAY_SIZE(bad_urls); i++)
+        assert_int_equal(ts_redis_url_parse(bad_urls[i], NULL), -EINVAL);
+}
+
 int
 main(void)
 {
@@ -1083,6 +1159,7 @@ main(void)
         cmocka_unit_test(test_address_split),
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_markdown),
+        cmocka_unit_test(test_cluster_settings),
     };
 
     return cmocka_run_group_tests(tests, setup_tmpdir, teardown_tmpdir);
