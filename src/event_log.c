@@ -185,6 +185,59 @@ ts_event_log_dispose(struct ts_event_log *log)
     log->head = 0;
 }
 
+/* Frames from the store (cluster mode) are those an owner encoded with
+ * ts_event_new(): "id: <id>\n" first and "\n\n" last. */
+struct ts_event *
+ts_event_from_frame(uint64_t id, const char *frame, size_t len)
+{
+    char head[32];
+    struct ts_event *ev;
+    int n;
+
+    n = snprintf(head, sizeof(head), "id: %" PRIu64 "\n", id);
+    if (id == 0 || len < (size_t)n + 2 || len > SIZE_MAX - sizeof(*ev) - CHUNK_HEAD_MAX - 3 ||
+        memcmp(frame, head, (size_t)n) != 0 || memcmp(frame + len - 2, "\n\n", 2) != 0 ||
+        memchr(frame, '\0', len) != NULL)
+        return NULL;
+    ev = malloc(sizeof(*ev) + CHUNK_HEAD_MAX + len + 3);
+    if (ev == NULL)
+        return NULL;
+    ev->refs = 1;
+    ev->id = id;
+    ev->len = len;
+    n = snprintf(ev->chunk, CHUNK_HEAD_MAX + 1, "%zx\r\n", len);
+    assert(n > 0 && n <= CHUNK_HEAD_MAX);
+    memcpy(ev->chunk + n, frame, len);
+    memcpy(ev->chunk + n + len, "\r\n", 3);
+    ev->frame = ev->chunk + n;
+    ev->chunk_len = (size_t)n + len + 2;
+    return ev;
+}
+
+void
+ts_event_log_push(struct ts_event_log *log, struct ts_event *ev)
+{
+    assert(ev->id == log->next_id);
+    while (log->count == log->events_max ||
+           (log->count > 0 && log->bytes + ev->len > log->bytes_max)) {
+        evict_oldest(log);
+    }
+    log->ring[(log->head + log->count) % log->events_max] = ev;
+    log->count++;
+    log->bytes += ev->len;
+    log->next_id++;
+}
+
+void
+ts_event_log_restart(struct ts_event_log *log, uint64_t next_id)
+{
+    while (log->count > 0) {
+        evict_oldest(log);
+    }
+    log->evicted += next_id - log->next_id;
+    log->next_id = next_id;
+}
+
 uint64_t
 ts_event_log_append(struct ts_event_log *log, const char *name, const char *data, size_t data_len)
 {
@@ -196,16 +249,7 @@ ts_event_log_append(struct ts_event_log *log, const char *name, const char *data
     ev = ts_event_new(id, name, data, data_len);
     if (ev == NULL)
         return 0;
-
-    while (log->count == log->events_max ||
-           (log->count > 0 && log->bytes + ev->len > log->bytes_max)) {
-        evict_oldest(log);
-    }
-
-    log->ring[(log->head + log->count) % log->events_max] = ev;
-    log->count++;
-    log->bytes += ev->len;
-    log->next_id++;
+    ts_event_log_push(log, ev);
     return id;
 }
 

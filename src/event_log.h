@@ -67,6 +67,20 @@ void ts_event_log_dispose(struct ts_event_log *log);
 uint64_t ts_event_log_append(struct ts_event_log *log, const char *name, const char *data,
                              size_t data_len);
 
+/* An event from its encoded frame, as an owner made it with ts_event_new()
+ * and the store kept it (cluster mode): one reference, or NULL when the
+ * frame does not start with "id: <id>\n" and end with "\n\n", or on out of
+ * memory. */
+struct ts_event *ts_event_from_frame(uint64_t id, const char *frame, size_t len);
+
+/* Append an encoded event whose id is next_id, taking the caller's
+ * reference, evicting as ts_event_log_append() does. */
+void ts_event_log_push(struct ts_event_log *log, struct ts_event *ev);
+
+/* Forget every event and go on from `next_id` (>= next_id): the events
+ * before it count as evicted. For a cache that learnt it is behind. */
+void ts_event_log_restart(struct ts_event_log *log, uint64_t next_id);
+
 /* Id of the oldest retained event; next_id when the log is empty. */
 uint64_t ts_event_log_first_id(const struct ts_event_log *log);
 

@@ -103,12 +103,17 @@ struct ts_task {
     char cancel_reason[CANCEL_REASON_MAX]; /* once `cancel` is set; written under svc->mu too */
     int cancel_fd;                         /* eventfd, -1 until ts_task_cancel_fd() asks */
     struct ts_event_log log;
-    size_t counted;                 /* of log.bytes, what log_bytes includes */
-    atomic_size_t *log_bytes;       /* the service's; appends stop before it goes */
-    uint64_t end_id;                /* 0 until done (or if appending "end" ran out of memory) */
-    struct ts_task_waiter *waiters; /* utlist of readers */
-    bool returned;                  /* run() has returned */
-    bool orphaned;                  /* the service is gone: its worker must not reach it */
+    size_t counted;                    /* of log.bytes, what log_bytes includes */
+    atomic_size_t *log_bytes;          /* the service's; appends stop before it goes */
+    uint64_t end_id;                   /* 0 until done (or if appending "end" ran out of memory) */
+    struct ts_task_waiter *waiters;    /* utlist of readers */
+    bool returned;                     /* run() has returned */
+    bool orphaned;                     /* the service is gone: its worker must not reach it */
+    bool mirror;                       /* cluster mode: a cache of a task running elsewhere */
+    bool lost;                         /* cluster mode: given up, another replica owns it */
+    unsigned attempt;                  /* cluster mode: the claim's fencing token */
+    uint64_t next_seq;                 /* cluster mode: the id the next emit gets */
+    const struct ts_task_store *store; /* NULL: memory mode; set before run() */
 
     /* Guarded by svc->mu: */
     bool abandoned; /* ended by finish() while run() went on */
@@ -155,13 +160,24 @@ struct ts_task_service {
     size_t finished_bytes;      /* of log_bytes, held by finished tasks */
     bool started, stopping, interrupted;
 
-    struct worker *workers; /* cfg.workers of them */
-    unsigned nthreads;      /* workers started; start() and free() only */
+    struct ts_task_store store; /* append NULL: memory mode */
+    struct worker *workers;     /* cfg.workers of them */
+    unsigned nthreads;          /* workers started; start() and free() only */
     bool cleanup_started;
     pthread_t cleanup_thread;
 };
 
 static const struct ts_task_result cancelled_result = {.status = TS_TASK_CANCELLED};
+
+/* The kind of a mirror until it is adopted: nothing runs it here. */
+static void
+mirror_run(void *arg, struct ts_task_ctx *ctx, struct ts_task_result *res)
+{
+    (void)arg;
+    (void)ctx;
+    res->status = TS_TASK_FAILED;
+}
+static const struct ts_task_kind mirror_kind = {.name = "remote", .run = mirror_run};
 
 /* ---- small helpers ---- */
 
@@ -377,6 +393,29 @@ request_cancel(struct ts_task *t, const char *reason)
     return first;
 }
 
+/* The "end" event {"status", "reason", "exit_code"[, "signal"]} with `id`,
+ * or NULL on out of memory. */
+static struct ts_event *
+encode_end(uint64_t id, enum ts_task_status status, const char *reason,
+           const struct ts_task_result *res)
+{
+    struct ts_event *ev = NULL;
+    char *text = NULL;
+    json_t *data;
+
+    data = json_pack("{s:s, s:o?, s:i}", "status", status_names[status], "reason",
+                     reason != NULL ? json_string(reason) : NULL, "exit_code", res->exit_code);
+    if (data != NULL && res->signal != 0)
+        json_object_set_new(data, "signal", json_integer(res->signal));
+    if (data != NULL)
+        text = json_dumps(data, JSON_COMPACT);
+    json_decref(data);
+    if (text != NULL)
+        ev = ts_event_new(id, "end", text, strlen(text));
+    free(text);
+    return ev;
+}
+
 /* Append {"status", "reason", "exit_code"[, "signal"]} as "end". Task lock
  * held. */
 static void
@@ -446,6 +485,10 @@ expiry_push_locked(struct ts_task_service *svc, struct ts_task *t)
  * hand the task to the cleanup thread. svc->mu held; a queued task must
  * already be off the queue.
  */
+static void finish_locked(struct ts_task_service *svc, struct ts_task *t,
+                          enum ts_task_status status, const char *reason,
+                          const struct ts_task_result *res, struct ts_event *end);
+
 static void
 end_task_locked(struct ts_task_service *svc, struct ts_task *t, const struct ts_task_result *res)
 {
@@ -455,6 +498,15 @@ end_task_locked(struct ts_task_service *svc, struct ts_task *t, const struct ts_
     enum ts_task_status status = cancelled ? TS_TASK_CANCELLED : res->status;
     const char *reason = cancelled ? t->cancel_reason : res->reason;
 
+    finish_locked(svc, t, status, reason, res, NULL);
+}
+
+/* end_task_locked() with the outcome decided: `end`, when not NULL, is the
+ * "end" event already encoded (and stored), its reference taken. */
+static void
+finish_locked(struct ts_task_service *svc, struct ts_task *t, enum ts_task_status status,
+              const char *reason, const struct ts_task_result *res, struct ts_event *end)
+{
     /* Counted first: a client that has seen "end" must not then scrape the
      * task as still running. */
     if (t->state == TS_TASK_QUEUED) {
@@ -476,7 +528,14 @@ end_task_locked(struct ts_task_service *svc, struct ts_task *t, const struct ts_
     t->signal = res->signal;
     t->finished_wall_ns = ts_clock_wall_ns(&svc->clock);
     t->finished_ns = ts_clock_now_ns(&svc->clock);
-    append_end_locked(t, status, reason, res);
+    if (end == NULL) {
+        append_end_locked(t, status, reason, res);
+    } else if (end->id == t->log.next_id) {
+        ts_event_log_push(&t->log, end);
+        t->end_id = end->id;
+    } else {
+        ts_event_unref(end); /* cannot happen: the worker is the only writer */
+    }
     count_bytes_locked(t);
     svc->finished_bytes += t->counted;
     wake_waiters_locked(t);
@@ -589,12 +648,61 @@ idle_workers_locked(const struct ts_task_service *svc)
     return idle;
 }
 
+/* The checks of a submission; the kind's entry, or NULL with `rc` set. */
+static const struct kind_entry *
+check_submission(struct ts_task_service *svc, const json_t *body, int *rc, char *err, size_t errlen)
+{
+    const struct kind_entry *entry;
+    const char *kind_name;
+
+    *rc = -EINVAL;
+    if (!json_is_object(body)) {
+        snprintf(err, errlen, "the request body must be a JSON object");
+        return NULL;
+    }
+    kind_name = json_string_value(json_object_get(body, "kind"));
+    if (kind_name == NULL) {
+        snprintf(err, errlen, "\"kind\" must be a string");
+        return NULL;
+    }
+    pthread_mutex_lock(&svc->mu);
+    entry = find_kind_locked(svc, kind_name);
+    if (entry == NULL)
+        unknown_kind_locked(svc, kind_name, err, errlen);
+    pthread_mutex_unlock(&svc->mu);
+    if (entry == NULL) {
+        *rc = -ENOENT;
+        return NULL;
+    }
+    if (entry->kind->validate != NULL) {
+        *rc = entry->kind->validate(entry->kind->arg, body, err, errlen);
+        if (*rc != 0)
+            return NULL;
+    }
+    *rc = 0;
+    return entry;
+}
+
+int
+ts_task_validate(struct ts_task_service *svc, const json_t *body, bool count, char *err,
+                 size_t errlen)
+{
+    const struct kind_entry *entry;
+    int rc;
+
+    if (errlen > 0)
+        err[0] = '\0';
+    entry = check_submission(svc, body, &rc, err, errlen);
+    if (entry != NULL && count)
+        ts_series_inc(entry->submitted);
+    return rc;
+}
+
 int
 ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task **out, char *err,
                size_t errlen)
 {
     const struct kind_entry *entry;
-    const char *kind_name;
     struct ts_task *t;
     int rc;
 
@@ -605,27 +713,9 @@ ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task *
         snprintf(err, errlen, "the server is draining; retry on another instance");
         return -ESHUTDOWN;
     }
-    if (!json_is_object(body)) {
-        snprintf(err, errlen, "the request body must be a JSON object");
-        return -EINVAL;
-    }
-    kind_name = json_string_value(json_object_get(body, "kind"));
-    if (kind_name == NULL) {
-        snprintf(err, errlen, "\"kind\" must be a string");
-        return -EINVAL;
-    }
-    pthread_mutex_lock(&svc->mu);
-    entry = find_kind_locked(svc, kind_name);
+    entry = check_submission(svc, body, &rc, err, errlen);
     if (entry == NULL)
-        unknown_kind_locked(svc, kind_name, err, errlen);
-    pthread_mutex_unlock(&svc->mu);
-    if (entry == NULL)
-        return -ENOENT;
-    if (entry->kind->validate != NULL) {
-        rc = entry->kind->validate(entry->kind->arg, body, err, errlen);
-        if (rc != 0)
-            return rc;
-    }
+        return rc;
     rc = task_new(svc, entry, body, &t);
     if (rc != 0) {
         snprintf(err, errlen, "could not create the task: %s", ts_strerror(rc));
@@ -726,6 +816,84 @@ ts_task_cancel(struct ts_task_service *svc, struct ts_task *t)
 
 /* ---- threads ---- */
 
+static void
+svc_worker_free(struct ts_task_service *svc)
+{
+    if (svc->store.worker_free != NULL)
+        svc->store.worker_free(svc->store.arg);
+}
+
+/*
+ * Cluster mode: the end of a run goes to the store first. Refused (-ESTALE:
+ * another replica took the task over) or given up before, the task is no
+ * longer ours: it becomes a mirror, fed with the new owner's events. A store
+ * that fails otherwise (Redis down) leaves the end to the local readers
+ * only; the lease lapses and another replica ends the task as lost.
+ */
+static bool
+run_task_stored_end(struct worker *w, struct ts_task *t, const struct ts_task_result *res)
+{
+    struct ts_task_service *svc = w->svc;
+    char reason[256];
+    enum ts_task_status status;
+    struct ts_event *end = NULL;
+    bool lost, abandoned;
+    uint64_t id;
+    int rc = 0;
+
+    /* The flag and its reason are written under the task's lock too. */
+    pthread_mutex_lock(&t->mu);
+    if (atomic_load(&t->cancel)) {
+        status = TS_TASK_CANCELLED;
+        snprintf(reason, sizeof(reason), "%s", t->cancel_reason);
+    } else {
+        status = res->status;
+        snprintf(reason, sizeof(reason), "%s", res->reason != NULL ? res->reason : "");
+    }
+    lost = t->lost;
+    id = t->next_seq;
+    pthread_mutex_unlock(&t->mu);
+    if (!lost) {
+        end = encode_end(id, status, reason[0] != '\0' ? reason : NULL, res);
+        rc = end != NULL ? t->store->end(t->store->arg, t, end, status_names[status],
+                                         reason[0] != '\0' ? reason : NULL, res)
+                         : -ENOMEM;
+        if (rc != 0 && rc != -ESTALE)
+            ts_log(svc->log, TS_LOG_ERROR, "task end not stored", TS_F_STR("task_id", t->id),
+                   TS_F_STR("error", ts_strerror(rc)), TS_F_END);
+    }
+
+    pthread_mutex_lock(&svc->mu);
+    w->current = NULL;
+    abandoned = t->abandoned;
+    if (!abandoned && (lost || rc == -ESTALE)) {
+        svc->nrunning--;
+        ts_series_sub(svc->running, 1);
+        pthread_mutex_lock(&t->mu);
+        t->lost = true;
+        t->mirror = true;
+        pthread_mutex_unlock(&t->mu);
+        if (svc->nrunning == 0)
+            pthread_cond_broadcast(&svc->idle_cv);
+    } else if (!abandoned) {
+        finish_locked(svc, t, status, reason[0] != '\0' ? reason : NULL, res, end);
+        end = NULL;
+    }
+    pthread_mutex_unlock(&svc->mu);
+    ts_event_unref(end);
+    if (abandoned)
+        ts_log(svc->log, TS_LOG_INFO, "abandoned task returned", TS_F_STR("task_id", t->id),
+               TS_F_END);
+    else if (lost || rc == -ESTALE)
+        ts_log(svc->log, TS_LOG_WARN, "lost ownership", TS_F_STR("task_id", t->id),
+               TS_F_STR("kind", t->kind->name), TS_F_UINT("attempt", t->attempt), TS_F_END);
+    else
+        log_finished(svc, t);
+    ts_task_unref(t);
+    svc_worker_free(svc);
+    return true;
+}
+
 /* Run `t` (taken off the queue, with this worker's reference) and end it.
  * Returns false when the service was freed meanwhile: then neither it nor
  * `w` may be touched again. */
@@ -754,6 +922,8 @@ run_task(struct worker *w, struct ts_task *t)
         ts_task_unref(t);
         return false;
     }
+    if (t->store != NULL)
+        return run_task_stored_end(w, t, &res);
 
     pthread_mutex_lock(&svc->mu);
     w->current = NULL;
@@ -767,6 +937,7 @@ run_task(struct worker *w, struct ts_task *t)
     else
         log_finished(svc, t);
     ts_task_unref(t);
+    svc_worker_free(svc);
     return true;
 }
 
@@ -854,6 +1025,246 @@ cleanup_main(void *arg)
     }
     pthread_mutex_unlock(&svc->mu);
     return NULL;
+}
+
+/* ---- cluster mode ---- */
+
+void
+ts_task_service_set_store(struct ts_task_service *svc, const struct ts_task_store *store)
+{
+    svc->store = *store;
+}
+
+struct ts_task *
+ts_task_mirror(struct ts_task_service *svc, const char *id, bool *created)
+{
+    struct ts_task *t;
+
+    *created = false;
+    if (!ts_is_task_id(id))
+        return NULL;
+    pthread_mutex_lock(&svc->mu);
+    HASH_FIND_STR(svc->by_id, id, t);
+    if (t != NULL) {
+        ts_task_ref(t);
+        goto out_unlock;
+    }
+    t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        goto out_unlock;
+    if (ts_event_log_init(&t->log, svc->cfg.log_events, svc->cfg.log_bytes) != 0) {
+        free(t);
+        t = NULL;
+        goto out_unlock;
+    }
+    pthread_mutex_init(&t->mu, NULL);
+    if (ts_cond_init(&t->sleep_cv) != 0) {
+        ts_event_log_dispose(&t->log);
+        pthread_mutex_destroy(&t->mu);
+        free(t);
+        t = NULL;
+        goto out_unlock;
+    }
+    memcpy(t->id, id, sizeof(t->id));
+    atomic_init(&t->refs, 1);
+    atomic_init(&t->cancel, false);
+    t->cancel_fd = -1;
+    t->kind = &mirror_kind;
+    t->log_bytes = &svc->log_bytes;
+    t->created_wall_ns = ts_clock_wall_ns(&svc->clock);
+    t->state = TS_TASK_RUNNING;
+    t->mirror = true;
+    HASH_ADD_STR(svc->by_id, id, t);
+    if (t->hh.tbl == NULL) {
+        ts_task_unref(t);
+        t = NULL;
+        goto out_unlock;
+    }
+    DL_PREPEND2(svc->newest, t, newer, older);
+    ts_task_ref(t); /* the registry's */
+    *created = true;
+out_unlock:
+    pthread_mutex_unlock(&svc->mu);
+    return t;
+}
+
+int
+ts_task_mirror_push(struct ts_task_service *svc, struct ts_task *t, struct ts_event *ev,
+                    bool is_end)
+{
+    int rc = 0;
+
+    /* An end also moves the task to the expiry FIFO: svc->mu first. */
+    if (is_end)
+        pthread_mutex_lock(&svc->mu);
+    pthread_mutex_lock(&t->mu);
+    if (!t->mirror || t->state == TS_TASK_DONE || ev->id < t->log.next_id) {
+        rc = 1;
+    } else if (ev->id > t->log.next_id) {
+        rc = -ERANGE;
+    } else {
+        ts_event_log_push(&t->log, ev);
+        ev = NULL;
+        count_bytes_locked(t);
+        if (is_end) {
+            t->state = TS_TASK_DONE;
+            t->end_id = t->log.next_id - 1;
+            t->finished_wall_ns = ts_clock_wall_ns(&svc->clock);
+            t->finished_ns = ts_clock_now_ns(&svc->clock);
+            svc->finished_bytes += t->counted;
+        }
+        wake_waiters_locked(t);
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (is_end && rc == 0 && t->hh.tbl != NULL)
+        expiry_push_locked(svc, t);
+    if (is_end)
+        pthread_mutex_unlock(&svc->mu);
+    ts_event_unref(ev);
+    return rc;
+}
+
+uint64_t
+ts_task_next_id(struct ts_task *t)
+{
+    uint64_t id;
+
+    pthread_mutex_lock(&t->mu);
+    id = t->log.next_id;
+    pthread_mutex_unlock(&t->mu);
+    return id;
+}
+
+void
+ts_task_mirror_restart(struct ts_task *t, uint64_t next_id)
+{
+    pthread_mutex_lock(&t->mu);
+    if (t->mirror && t->state != TS_TASK_DONE && next_id > t->log.next_id) {
+        ts_event_log_restart(&t->log, next_id);
+        count_bytes_locked(t);
+        wake_waiters_locked(t);
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+unsigned
+ts_task_attempt(struct ts_task *t)
+{
+    unsigned attempt;
+
+    pthread_mutex_lock(&t->mu);
+    attempt = t->attempt;
+    pthread_mutex_unlock(&t->mu);
+    return attempt;
+}
+
+bool
+ts_task_is_mirror(struct ts_task *t)
+{
+    bool mirror;
+
+    pthread_mutex_lock(&t->mu);
+    mirror = t->mirror;
+    pthread_mutex_unlock(&t->mu);
+    return mirror;
+}
+
+/* svc->mu held. */
+static unsigned
+free_workers_locked(const struct ts_task_service *svc)
+{
+    unsigned busy = svc->nqueued + svc->nrunning;
+
+    return busy < svc->cfg.workers ? svc->cfg.workers - busy : 0;
+}
+
+unsigned
+ts_task_service_idle(struct ts_task_service *svc)
+{
+    unsigned n;
+
+    pthread_mutex_lock(&svc->mu);
+    n = svc->stopping ? 0 : free_workers_locked(svc);
+    pthread_mutex_unlock(&svc->mu);
+    return n;
+}
+
+int
+ts_task_adopt(struct ts_task_service *svc, struct ts_task *t, const json_t *body, unsigned attempt)
+{
+    const struct kind_entry *entry;
+    const char *kind = json_string_value(json_object_get(body, "kind"));
+    int rc = 0;
+
+    pthread_mutex_lock(&svc->mu);
+    entry = kind != NULL ? find_kind_locked(svc, kind) : NULL;
+    if (svc->stopping)
+        rc = -ESHUTDOWN;
+    else if (free_workers_locked(svc) == 0)
+        rc = -EBUSY;
+    else if (entry == NULL)
+        rc = -ENOENT;
+    if (rc != 0)
+        goto out_unlock;
+    pthread_mutex_lock(&t->mu);
+    if (!t->mirror || t->state == TS_TASK_DONE || t->hh.tbl == NULL) {
+        rc = -EALREADY;
+    } else {
+        /* Written before any worker can see the task (it is queued under
+         * svc->mu below), read by that worker after. */
+        t->mirror = false;
+        t->lost = false;
+        t->kind = entry->kind;
+        t->entry = entry;
+        json_decref(t->params);
+        t->params = json_incref((json_t *)body);
+        t->attempt = attempt;
+        t->next_seq = t->log.next_id;
+        t->store = &svc->store;
+        t->state = TS_TASK_QUEUED;
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (rc != 0)
+        goto out_unlock;
+    queue_push_locked(svc, t);
+    svc->nqueued++;
+    ts_series_inc(svc->queued);
+    pthread_cond_signal(&svc->work_cv);
+out_unlock:
+    pthread_mutex_unlock(&svc->mu);
+    return rc;
+}
+
+size_t
+ts_task_service_running(struct ts_task_service *svc, struct ts_task **tasks, unsigned *attempts,
+                        size_t max)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&svc->mu);
+    for (unsigned i = 0; i < svc->cfg.workers && n < max; i++) {
+        struct ts_task *t = svc->workers[i].current;
+
+        if (t == NULL || t->abandoned)
+            continue;
+        pthread_mutex_lock(&t->mu);
+        if (!t->lost) {
+            tasks[n] = ts_task_ref(t);
+            attempts[n++] = t->attempt;
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    pthread_mutex_unlock(&svc->mu);
+    return n;
+}
+
+void
+ts_task_give_up(struct ts_task *t)
+{
+    pthread_mutex_lock(&t->mu);
+    t->lost = true;
+    pthread_mutex_unlock(&t->mu);
+    request_cancel(t, "lost");
 }
 
 /* ---- the service ---- */
@@ -1143,6 +1554,55 @@ ts_task_id(const struct ts_task_ctx *ctx)
     return ctx->task->id;
 }
 
+/* An event joins the local log once the store has it, unless the echo of
+ * the store's publication came first with the same bytes. Task lock held. */
+static void
+push_own_locked(struct ts_task *t, struct ts_event *ev)
+{
+    if (ev->id < t->log.next_id) {
+        ts_event_unref(ev);
+        return;
+    }
+    if (ev->id > t->log.next_id)
+        ts_event_log_restart(&t->log, ev->id);
+    ts_event_log_push(&t->log, ev);
+    count_bytes_locked(t);
+    wake_waiters_locked(t);
+}
+
+/* ts_task_emit() in cluster mode; takes `text`. */
+static int
+emit_stored(struct ts_task *t, const char *event, char *text)
+{
+    struct ts_event *ev = NULL;
+    uint64_t id;
+    int err = 0;
+
+    pthread_mutex_lock(&t->mu);
+    if (t->state == TS_TASK_DONE)
+        err = -ECANCELED;
+    else if (t->lost)
+        err = -ESTALE;
+    id = t->next_seq;
+    pthread_mutex_unlock(&t->mu);
+    if (err == 0) {
+        ev = ts_event_new(id, event, text, strlen(text));
+        err = ev != NULL ? t->store->append(t->store->arg, t, ev) : -ENOMEM;
+    }
+    free(text);
+    if (err == -ESTALE)
+        ts_task_give_up(t);
+    if (err != 0) {
+        ts_event_unref(ev);
+        return err;
+    }
+    pthread_mutex_lock(&t->mu);
+    t->next_seq = id + 1;
+    push_own_locked(t, ev);
+    pthread_mutex_unlock(&t->mu);
+    return 0;
+}
+
 int
 ts_task_emit(struct ts_task_ctx *ctx, const char *event, json_t *data)
 {
@@ -1161,6 +1621,8 @@ ts_task_emit(struct ts_task_ctx *ctx, const char *event, json_t *data)
     if (text == NULL)
         return -ENOMEM;
 
+    if (t->store != NULL)
+        return emit_stored(t, event, text);
     pthread_mutex_lock(&t->mu);
     if (t->state == TS_TASK_DONE)
         err = -ECANCELED; /* abandoned: "end" must stay the last event */
@@ -1230,22 +1692,28 @@ ts_task_sleep_ms(struct ts_task_ctx *ctx, int64_t ms)
 
 /* What the task was asked to do: "params", the body without "kind"; for a
  * command task "command" and its "params". Immutable, so no lock. */
-static void
-add_request_json(json_t *o, const struct ts_task *t)
+void
+ts_task_request_json(json_t *o, const char *kind, const json_t *body)
 {
-    const json_t *command = json_object_get(t->params, "command");
+    const json_t *command = json_object_get(body, "command");
     json_t *params;
 
-    if (strcmp(t->kind->name, "command") == 0 && json_is_string(command)) {
+    if (strcmp(kind, "command") == 0 && json_is_string(command)) {
         json_object_set(o, "command", (json_t *)command);
-        params = json_object_get(t->params, "params");
+        params = json_object_get(body, "params");
         json_object_set_new(o, "params", params != NULL ? json_incref(params) : json_object());
         return;
     }
-    params = json_copy(t->params); /* shallow: the values are shared, read-only */
+    params = json_copy((json_t *)body); /* shallow: the values are shared, read-only */
     if (params != NULL)
         json_object_del(params, "kind");
-    json_object_set_new(o, "params", params);
+    json_object_set_new(o, "params", params != NULL ? params : json_object());
+}
+
+static void
+add_request_json(json_t *o, const struct ts_task *t)
+{
+    ts_task_request_json(o, t->kind->name, t->params);
 }
 
 json_t *

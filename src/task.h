@@ -95,6 +95,10 @@ int ts_task_cancel(struct ts_task_service *svc, struct ts_task *t);
  * null), reason, exit_code, signal, events (last event id). New reference. */
 json_t *ts_task_to_json(struct ts_task *t);
 
+/* Add what a task was asked to do to `o`: "params" (the body without
+ * "kind"), or for a command task "command" and its "params". */
+void ts_task_request_json(json_t *o, const char *kind, const json_t *body);
+
 /* Known tasks, newest first, as a JSON array: at most `limit`, only those
  * whose state is in `states` (a mask from ts_task_parse_states(); 0: all).
  * New reference. */
@@ -138,6 +142,84 @@ void ts_task_unwait_locked(struct ts_task *t, struct ts_task_waiter *w);
 
 /* Wake every waiter of every task (heartbeats, the draining notice). */
 void ts_task_service_wake_all(struct ts_task_service *svc);
+
+/* ---- cluster mode (cluster.c): the store and the local cache ---- */
+
+/*
+ * Where events are kept besides the local log. With a store, ts_task_emit()
+ * encodes each event with the task's next id and hands it to append() before
+ * it joins the local log, and a task's end goes to end() before its readers
+ * here see it; both are called on the task's worker thread with no lock
+ * held. They return 0, -ESTALE when another replica owns the task now (it is
+ * given up here: its run() is told to stop, its log becomes a cache of the
+ * new owner's events), or another negative errno (not stored).
+ * worker_free() is called, without locks, each time a worker becomes free.
+ */
+struct ts_task_store {
+    int (*append)(void *arg, struct ts_task *t, const struct ts_event *ev);
+    int (*end)(void *arg, struct ts_task *t, const struct ts_event *ev, const char *status,
+               const char *reason, const struct ts_task_result *res);
+    void (*worker_free)(void *arg);
+    void *arg;
+};
+
+/* Before start only. The store must outlive the service. */
+void ts_task_service_set_store(struct ts_task_service *svc, const struct ts_task_store *store);
+
+/* The checks of ts_task_submit() but draining: body, kind, validate(). 0,
+ * -EINVAL, -ENOENT, with a sentence in `err`. Counts the submission in
+ * tasks_submitted_total{kind} when `count` is true and it passes. */
+int ts_task_validate(struct ts_task_service *svc, const json_t *body, bool count, char *err,
+                     size_t errlen);
+
+/*
+ * The local cache of a task that is not running here (a "mirror"): a
+ * registry entry without a run(), whose log the store fills. Returns a new
+ * reference to the entry with that id, made if there is none (*created).
+ * NULL on out of memory or an invalid id.
+ */
+struct ts_task *ts_task_mirror(struct ts_task_service *svc, const char *id, bool *created);
+
+/* Add `ev` (the caller's reference is taken) to a mirror's log; `is_end`
+ * marks its last event, which ends the mirror. 0: added; 1: not needed (an
+ * id it has, a task running here, an ended mirror); -ERANGE: the event comes
+ * after a hole (fetch from next_id first, see ts_task_next_id). */
+int ts_task_mirror_push(struct ts_task_service *svc, struct ts_task *t, struct ts_event *ev,
+                        bool is_end);
+
+/* The id a mirror's next event must have. */
+uint64_t ts_task_next_id(struct ts_task *t);
+
+/* A mirror whose store has nothing before `next_id` any more: forget what it
+ * holds and go on from there (readers behind get a gap). */
+void ts_task_mirror_restart(struct ts_task *t, uint64_t next_id);
+
+/* The attempt a task runs as here (cluster mode), 0 otherwise. */
+unsigned ts_task_attempt(struct ts_task *t);
+
+/* True for a mirror (nothing runs it here). */
+bool ts_task_is_mirror(struct ts_task *t);
+
+/*
+ * Run a mirror here: this replica claimed it in the store as `attempt`, its
+ * log holds everything the store has (the next event gets next_id). It is
+ * queued for an idle worker. -EBUSY: no idle worker; -ENOENT: unknown kind;
+ * -EALREADY: not a mirror, or ended; -ESHUTDOWN: the service stops.
+ */
+int ts_task_adopt(struct ts_task_service *svc, struct ts_task *t, const json_t *body,
+                  unsigned attempt);
+
+/* Workers neither running nor about to run a task. */
+unsigned ts_task_service_idle(struct ts_task_service *svc);
+
+/* The tasks running here with their attempts, as new references, at most
+ * `max`. Returns how many. */
+size_t ts_task_service_running(struct ts_task_service *svc, struct ts_task **tasks,
+                               unsigned *attempts, size_t max);
+
+/* Another replica owns `t` now: tell its run() to stop ("lost"); its end is
+ * not stored, and its log becomes a cache. */
+void ts_task_give_up(struct ts_task *t);
 
 /* ---- for the shutdown sequence ---- */
 
