@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -21,6 +22,7 @@
 
 #define RETRY_AFTER_DRAINING "5"
 #define RETRY_AFTER_QUEUE_FULL "1"
+#define RETRY_AFTER_STORE "1"
 
 /* Optional API key. Returns true when the request may go on. */
 static bool
@@ -40,6 +42,29 @@ reply_with_retry(struct ts_http_request *req, unsigned status, const char *retry
     ts_http_reply_error(req, status, code, "%s", msg);
 }
 
+/* Cluster mode: the store's errors that are Redis being unavailable. */
+static bool
+store_down(int rc)
+{
+    return rc == -ENOTCONN || rc == -EIO || rc == -ETIMEDOUT || rc == -EPROTO;
+}
+
+static void
+reply_store_down(struct ts_http_request *req)
+{
+    reply_with_retry(req, 503, RETRY_AFTER_STORE, "store_unavailable",
+                     "the task store (Redis) is unavailable; retry shortly");
+}
+
+static void
+reply_unknown_task(struct ts_http_request *req, const char *id)
+{
+    ts_http_reply_error(req, 404, "unknown_task",
+                        "no task with id \"%.64s\" (ids are 32 lowercase hex digits; "
+                        "finished tasks are kept for a while, then forgotten)",
+                        id);
+}
+
 static bool
 is_json_type(const char *ctype)
 {
@@ -48,6 +73,32 @@ is_json_type(const char *ctype)
 
     return ctype != NULL && strncasecmp(ctype, json, n) == 0 &&
            (ctype[n] == '\0' || ctype[n] == ';' || ctype[n] == ' ');
+}
+
+/* Takes `body`. */
+static void
+post_task_cluster(struct ts_server *srv, struct ts_http_request *req, json_t *body)
+{
+    char err[256], location[64];
+    json_t *task;
+    int rc;
+
+    rc = ts_cluster_submit(srv->cluster, body, &task, err, sizeof(err));
+    json_decref(body);
+    if (rc == -ENOENT) {
+        ts_http_reply_error(req, 404, "unknown_kind", "%s", err);
+    } else if (rc == -EINVAL) {
+        ts_http_reply_error(req, 422, "invalid_parameters", "%s", err);
+    } else if (store_down(rc)) {
+        reply_store_down(req);
+    } else if (rc != 0) {
+        ts_http_reply_error(req, 500, "internal", "cannot create the task: %s", ts_strerror(rc));
+    } else {
+        snprintf(location, sizeof(location), "/v1/tasks/%s",
+                 json_string_value(json_object_get(task, "id")));
+        ts_http_add_header(req, "Location", location);
+        ts_http_reply_json(req, 202, task);
+    }
 }
 
 static void
@@ -65,7 +116,8 @@ post_task(void *app, struct ts_http_request *req, const char *id)
     (void)id;
     if (!api_authorized(srv, req))
         return;
-    if (ts_drain_is_draining(&srv->drain)) {
+    /* In cluster mode a draining replica still enqueues: another claims. */
+    if (srv->cluster == NULL && ts_drain_is_draining(&srv->drain)) {
         reply_with_retry(req, 503, RETRY_AFTER_DRAINING, "draining",
                          "the server is draining; retry on another instance");
         return;
@@ -89,6 +141,10 @@ post_task(void *app, struct ts_http_request *req, const char *id)
         return;
     }
 
+    if (srv->cluster != NULL) {
+        post_task_cluster(srv, req, body);
+        return;
+    }
     rc = ts_task_submit(srv->tasks, body, &task, err, sizeof(err));
     json_decref(body);
     switch (rc) {
@@ -146,6 +202,23 @@ get_tasks(void *app, struct ts_http_request *req, const char *id)
                             LIST_LIMIT_MAX);
         return;
     }
+    if (srv->cluster != NULL) {
+        const char *cursor = ts_http_query(req, "cursor");
+        json_t *list;
+        char *next;
+        int rc = ts_cluster_list(srv->cluster, states, (size_t)n, cursor, &list, &next);
+
+        if (rc == -EINVAL)
+            ts_http_reply_error(req, 400, "invalid_query",
+                                "cursor must be a next_cursor of an earlier page");
+        else if (rc != 0)
+            reply_store_down(req);
+        else
+            ts_http_reply_json(req, 200,
+                               json_pack("{s:o, s:s?}", "tasks", list, "next_cursor", next));
+        free(next);
+        return;
+    }
     ts_http_reply_json(
         req, 200, json_pack("{s:o}", "tasks", ts_task_service_list(srv->tasks, states, (size_t)n)));
 }
@@ -175,10 +248,7 @@ find_task(struct ts_server *srv, struct ts_http_request *req, const char *id)
     if (ts_is_task_id(id))
         task = ts_task_find(srv->tasks, id);
     if (task == NULL)
-        ts_http_reply_error(req, 404, "unknown_task",
-                            "no task with id \"%.64s\" (ids are 32 lowercase hex digits; "
-                            "finished tasks are kept for a while, then forgotten)",
-                            id);
+        reply_unknown_task(req, id);
     return task;
 }
 
@@ -190,6 +260,18 @@ get_task(void *app, struct ts_http_request *req, const char *id)
 
     if (!api_authorized(srv, req))
         return;
+    if (srv->cluster != NULL) {
+        json_t *o;
+        int rc = ts_cluster_get(srv->cluster, id, &o);
+
+        if (rc == -ENOENT)
+            reply_unknown_task(req, id);
+        else if (rc != 0)
+            reply_store_down(req);
+        else
+            ts_http_reply_json(req, 200, o);
+        return;
+    }
     task = find_task(srv, req, id);
     if (task == NULL)
         return;
@@ -205,6 +287,20 @@ delete_task(void *app, struct ts_http_request *req, const char *id)
 
     if (!api_authorized(srv, req))
         return;
+    if (srv->cluster != NULL) {
+        json_t *o;
+        int rc = ts_cluster_cancel(srv->cluster, id, &o);
+
+        if (rc == -ENOENT)
+            reply_unknown_task(req, id);
+        else if (rc == -EALREADY)
+            ts_http_reply_error(req, 409, "already_finished", "task %s has already finished", id);
+        else if (rc != 0)
+            reply_store_down(req);
+        else
+            ts_http_reply_json(req, 202, o);
+        return;
+    }
     task = find_task(srv, req, id);
     if (task == NULL)
         return;
@@ -226,9 +322,22 @@ get_events(void *app, struct ts_http_request *req, const char *id)
 
     if (!api_authorized(srv, req))
         return;
-    task = find_task(srv, req, id);
-    if (task == NULL)
-        return;
+    if (srv->cluster != NULL) {
+        int rc = ts_is_task_id(id) ? ts_cluster_follow(srv->cluster, id, &task) : -ENOENT;
+
+        if (rc == -ENOENT) {
+            reply_unknown_task(req, id);
+            return;
+        }
+        if (rc != 0) {
+            reply_store_down(req);
+            return;
+        }
+    } else {
+        task = find_task(srv, req, id);
+        if (task == NULL)
+            return;
+    }
     /* The header wins: it is what a reconnecting EventSource sends. */
     lei = ts_http_header(req, "Last-Event-ID");
     if (lei == NULL)

@@ -202,6 +202,28 @@ ts_server_new_with_clock(struct ts_server **out, const struct ts_config *cfg,
                TS_F_UINT("count", ts_commands_count(srv->commands)), TS_F_END);
     }
 
+    if (cfg->redis_url != NULL) {
+        struct ts_cluster_config ccfg = {
+            .url = cfg->redis_url,
+            .password = cfg->redis_password,
+            .prefix = cfg->redis_key_prefix != NULL ? cfg->redis_key_prefix : "",
+            .replica = cfg->replica_id,
+            .timeout_ns = cfg->redis_timeout_ms * TS_NS_PER_MS,
+            .lease_ns = cfg->task_lease_ms * TS_NS_PER_MS,
+            .retention_ns = cfg->task_retention_ms * TS_NS_PER_MS,
+            .log_events = cfg->event_log_events,
+            .tasks = srv->tasks,
+            .drain = srv->drain,
+            .clock = srv->clock,
+            .metrics = srv->metrics,
+            .log = log,
+        };
+
+        err = ts_cluster_new(&srv->cluster, &ccfg);
+        if (err != 0)
+            goto out_tasks;
+    }
+
     scfg = (struct ts_sse_config){
         .tasks = srv->tasks,
         .drain = srv->drain,
@@ -225,7 +247,9 @@ ts_server_new_with_clock(struct ts_server **out, const struct ts_config *cfg,
 out_sse:
     ts_sse_free(srv->sse);
 out_tasks:
+    ts_cluster_stop(srv->cluster);
     ts_task_service_free(srv->tasks);
+    ts_cluster_free(srv->cluster);
     ts_commands_free(srv->commands); /* after the service: its kind outlives it */
 out_metrics:
     ts_metrics_free(srv->metrics);
@@ -301,6 +325,11 @@ ts_server_start(struct ts_server *srv)
     err = ts_task_service_start(srv->tasks);
     if (err != 0)
         return err;
+    if (srv->cluster != NULL) {
+        err = ts_cluster_start(srv->cluster);
+        if (err != 0)
+            return err;
+    }
     err = ts_http_start(&srv->admin_http, &adm);
     if (err != 0)
         return err;
@@ -479,8 +508,10 @@ ts_server_free(struct ts_server *srv)
     ts_fd_reserve_free(srv->fd_reserve);
     if (srv->drain_sub >= 0)
         ts_drain_unsubscribe(&srv->drain, srv->drain_sub);
+    ts_cluster_stop(srv->cluster); /* its threads call the task service */
     ts_sse_free(srv->sse);
     ts_task_service_free(srv->tasks);
+    ts_cluster_free(srv->cluster); /* after the workers' last ends */
     ts_commands_free(srv->commands);
     ts_metrics_free(srv->metrics);
     pthread_mutex_destroy(&srv->keys_mu);

@@ -9,6 +9,7 @@
 #include <pthread.h>
 
 #include "clock.h"
+#include "cluster.h"
 #include "drain.h"
 #include "http.h"
 #include "log.h"
@@ -27,6 +28,7 @@ struct ts_server {
 
     struct ts_metrics *metrics;
     struct ts_task_service *tasks;
+    struct ts_cluster *cluster;   /* REDIS_URL: cluster mode; NULL: memory */
     struct ts_commands *commands; /* COMMANDS_FILE; NULL without one; freed after tasks */
     struct ts_sse *sse;
     struct ts_http *public_http;
