@@ -288,14 +288,35 @@ struct ts_task_result {
  * -EINVAL with a message naming the parameter in `err` (answered 422), or
  * -ENOENT (answered 404, for a name that selects something unknown).
  * `run` executes on a worker thread; it should check ts_task_cancelled()
- * between steps. The kind struct must outlive the server.
+ * between steps. `resumable` (optional; cluster mode, docs/cluster.md) says
+ * whether a task with these parameters may run again on another replica
+ * when its replica dies or hands it off at the end of a drain: run() then
+ * starts over with ts_task_checkpoint_get() returning the last checkpoint,
+ * and its events go on in the same stream. The kind struct must outlive the
+ * server.
  */
 struct ts_task_kind {
     const char *name;
     int (*validate)(void *arg, const json_t *params, char *err, size_t errlen);
     void (*run)(void *arg, struct ts_task_ctx *ctx, struct ts_task_result *result);
     void *arg;
+    bool (*resumable)(void *arg, const json_t *params);
 };
+
+/*
+ * Record where a resumable task stands (any JSON value; the reference is
+ * taken, even on error): a later attempt's run() reads it with
+ * ts_task_checkpoint_get(). It is stored with the task's next event, in the
+ * same step (in cluster mode, one Redis script), or at a hand-off: so a
+ * checkpoint saved just before emitting event N is the state exactly when
+ * N was the last event. Returns 0, -EINVAL (NULL) or -ENOMEM. Worker thread
+ * of this task only.
+ */
+TS_API int ts_task_checkpoint(struct ts_task_ctx *ctx, json_t *state);
+
+/* The checkpoint this attempt starts from (borrowed, valid during run()),
+ * NULL on a first attempt. */
+TS_API const json_t *ts_task_checkpoint_get(const struct ts_task_ctx *ctx);
 
 /* The request body of the task (an object; borrowed, valid during run()). */
 TS_API const json_t *ts_task_params(const struct ts_task_ctx *ctx);
@@ -333,6 +354,7 @@ struct ts_shutdown_report {
     uint64_t forced;                      /* tasks cancelled at the deadline */
     uint64_t abandoned;                   /* of those, tasks whose run() never returned */
     uint64_t streams_closed;              /* streams still open when the listener closed */
+    uint64_t handed_off; /* cluster mode: resumable tasks handed back at the deadline */
 };
 
 /*

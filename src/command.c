@@ -103,6 +103,7 @@ static const char *const command_keys[] = {
     "max_line_bytes",
     "max_concurrent",
     "rlimits",
+    "restartable",
 };
 static const char *const param_keys[] = {"pattern", "default", "allow_leading_dash", "description"};
 static const char *const env_keys[] = {"allow", "set"};
@@ -146,6 +147,7 @@ struct command {
     uint64_t max_output_bytes;
     uint64_t max_line_bytes;
     unsigned max_concurrent;
+    bool restartable; /* cluster mode: may run again from the start elsewhere */
     struct limit limits[TS_ARRAY_SIZE(rlimit_names)];
     size_t nlimits;
     json_t *info;        /* what GET /v1/commands shows: no argv, no env */
@@ -856,7 +858,12 @@ load_command(struct loader *ld, struct command *cmd, const char *name, const jso
     if (rc != 0)
         return rc;
     cmd->max_concurrent = (unsigned)n;
-    if (json_object_set_new(cmd->info, "timeout_ms", json_integer(cmd->timeout_ms)) != 0 ||
+    v = json_object_get(spec, "restartable");
+    if (v != NULL && !json_is_boolean(v))
+        return load_error(ld, "restartable", "must be true or false");
+    cmd->restartable = json_is_true(v);
+    if (json_object_set_new(cmd->info, "restartable", json_boolean(cmd->restartable)) != 0 ||
+        json_object_set_new(cmd->info, "timeout_ms", json_integer(cmd->timeout_ms)) != 0 ||
         json_object_set_new(cmd->info, "max_concurrent", json_integer(cmd->max_concurrent)) != 0)
         return -ENOMEM;
     ld->command = NULL;
@@ -907,6 +914,29 @@ list_unref(struct command_list *list)
 }
 
 /* The current generation, with a reference for the caller. */
+static struct command_list *list_acquire(struct ts_commands *cmds);
+static int find_command(const struct command_list *list, const char *name);
+
+/* A restartable command runs again from its start on another replica when
+ * its own dies or drains (cluster mode): the kind's resumable(). */
+static bool
+command_restartable(void *arg, const json_t *body)
+{
+    const char *name = json_string_value(json_object_get(body, "command"));
+    struct command_list *list;
+    bool restartable = false;
+    int i;
+
+    if (name == NULL)
+        return false;
+    list = list_acquire(arg);
+    i = find_command(list, name);
+    if (i >= 0)
+        restartable = list->cmds[i].restartable;
+    list_unref(list);
+    return restartable;
+}
+
 static struct command_list *
 list_acquire(struct ts_commands *cmds)
 {
@@ -1054,6 +1084,7 @@ ts_commands_parse(struct ts_commands **out, const json_t *root, const char *path
         .validate = command_validate,
         .run = command_run,
         .arg = cmds,
+        .resumable = command_restartable,
     };
     *out = cmds;
     return 0;

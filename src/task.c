@@ -60,7 +60,7 @@
 
 /* Event names the SSE protocol gives a meaning of its own: a task emitting
  * one would make its stream lie. */
-static const char *const reserved_events[] = {"end", "gap", "draining"};
+static const char *const reserved_events[] = {"end", "gap", "draining", "resumed"};
 
 static const char *const status_names[] = {
     [TS_TASK_SUCCEEDED] = "succeeded",
@@ -111,6 +111,11 @@ struct ts_task {
     bool orphaned;                     /* the service is gone: its worker must not reach it */
     bool mirror;                       /* cluster mode: a cache of a task running elsewhere */
     bool lost;                         /* cluster mode: given up, another replica owns it */
+    bool handoff;                      /* cluster mode: asked to stop and go back to the store */
+    bool handed_off;                   /* cluster mode: went back; streams here end */
+    json_t *checkpoint_in;             /* this attempt's start; immutable once queued */
+    char *checkpoint_out;              /* to store with the next event; owned */
+    char *resumed;                     /* the "resumed" event's data to emit first; owned */
     unsigned attempt;                  /* cluster mode: the claim's fencing token */
     uint64_t next_seq;                 /* cluster mode: the id the next emit gets */
     const struct ts_task_store *store; /* NULL: memory mode; set before run() */
@@ -142,6 +147,7 @@ struct ts_task_service {
     struct ts_family *finished;  /* tasks_finished_total{kind,status} */
     struct ts_family *submitted; /* tasks_submitted_total{kind} */
     struct ts_series *evicted;   /* tasks_evicted_total */
+    struct ts_series *handoffs;  /* tasks_handed_off_total */
     atomic_size_t log_bytes;     /* every registered task's log; see the top */
 
     pthread_mutex_t mu;
@@ -303,6 +309,9 @@ ts_task_unref(struct ts_task *t)
     pthread_mutex_destroy(&t->mu);
     ts_event_log_dispose(&t->log);
     json_decref(t->params);
+    json_decref(t->checkpoint_in);
+    free(t->checkpoint_out);
+    free(t->resumed);
     free(t->reason);
     free(t);
 }
@@ -816,6 +825,8 @@ ts_task_cancel(struct ts_task_service *svc, struct ts_task *t)
 
 /* ---- threads ---- */
 
+static int emit_stored(struct ts_task *t, const char *event, char *text);
+
 static void
 svc_worker_free(struct ts_task_service *svc)
 {
@@ -837,7 +848,8 @@ run_task_stored_end(struct worker *w, struct ts_task *t, const struct ts_task_re
     char reason[256];
     enum ts_task_status status;
     struct ts_event *end = NULL;
-    bool lost, abandoned;
+    char *checkpoint;
+    bool lost, abandoned, handoff;
     uint64_t id;
     int rc = 0;
 
@@ -851,9 +863,20 @@ run_task_stored_end(struct worker *w, struct ts_task *t, const struct ts_task_re
         snprintf(reason, sizeof(reason), "%s", res->reason != NULL ? res->reason : "");
     }
     lost = t->lost;
+    handoff = t->handoff;
+    checkpoint = t->checkpoint_out;
+    t->checkpoint_out = NULL;
     id = t->next_seq;
     pthread_mutex_unlock(&t->mu);
-    if (!lost) {
+    if (handoff && !lost) {
+        /* Whatever the store says, this replica is done with the task: a
+         * failed release leaves it to lapse, and another replica resumes. */
+        rc = t->store->release(t->store->arg, t, checkpoint);
+        if (rc != 0 && rc != -ESTALE)
+            ts_log(svc->log, TS_LOG_WARN, "hand-off not stored; the lease will lapse",
+                   TS_F_STR("task_id", t->id), TS_F_STR("error", ts_strerror(rc)), TS_F_END);
+        lost = true;
+    } else if (!lost) {
         end = encode_end(id, status, reason[0] != '\0' ? reason : NULL, res);
         rc = end != NULL ? t->store->end(t->store->arg, t, end, status_names[status],
                                          reason[0] != '\0' ? reason : NULL, res)
@@ -872,6 +895,9 @@ run_task_stored_end(struct worker *w, struct ts_task *t, const struct ts_task_re
         pthread_mutex_lock(&t->mu);
         t->lost = true;
         t->mirror = true;
+        t->handed_off = handoff;
+        if (handoff)
+            wake_waiters_locked(t);
         pthread_mutex_unlock(&t->mu);
         if (svc->nrunning == 0)
             pthread_cond_broadcast(&svc->idle_cv);
@@ -881,9 +907,13 @@ run_task_stored_end(struct worker *w, struct ts_task *t, const struct ts_task_re
     }
     pthread_mutex_unlock(&svc->mu);
     ts_event_unref(end);
+    free(checkpoint);
     if (abandoned)
         ts_log(svc->log, TS_LOG_INFO, "abandoned task returned", TS_F_STR("task_id", t->id),
                TS_F_END);
+    else if (handoff)
+        ts_log(svc->log, TS_LOG_INFO, "task handed off", TS_F_STR("task_id", t->id),
+               TS_F_STR("kind", t->kind->name), TS_F_UINT("attempt", t->attempt), TS_F_END);
     else if (lost || rc == -ESTALE)
         ts_log(svc->log, TS_LOG_WARN, "lost ownership", TS_F_STR("task_id", t->id),
                TS_F_STR("kind", t->kind->name), TS_F_UINT("attempt", t->attempt), TS_F_END);
@@ -907,6 +937,12 @@ run_task(struct worker *w, struct ts_task *t)
 
     ts_log(svc->log, TS_LOG_DEBUG, "task started", TS_F_STR("task_id", t->id),
            TS_F_STR("kind", t->kind->name), TS_F_END);
+    if (t->resumed != NULL) {
+        char *text = t->resumed;
+
+        t->resumed = NULL;
+        emit_stored(t, "resumed", text);
+    }
     t->kind->run(t->kind->arg, &ctx, &res);
 
     pthread_mutex_lock(&t->mu);
@@ -1098,7 +1134,7 @@ ts_task_mirror_push(struct ts_task_service *svc, struct ts_task *t, struct ts_ev
     if (is_end)
         pthread_mutex_lock(&svc->mu);
     pthread_mutex_lock(&t->mu);
-    if (!t->mirror || t->state == TS_TASK_DONE || ev->id < t->log.next_id) {
+    if (!t->mirror || t->handed_off || t->state == TS_TASK_DONE || ev->id < t->log.next_id) {
         rc = 1;
     } else if (ev->id > t->log.next_id) {
         rc = -ERANGE;
@@ -1190,7 +1226,8 @@ ts_task_service_idle(struct ts_task_service *svc)
 }
 
 int
-ts_task_adopt(struct ts_task_service *svc, struct ts_task *t, const json_t *body, unsigned attempt)
+ts_task_adopt(struct ts_task_service *svc, struct ts_task *t, const json_t *body, unsigned attempt,
+              json_t *checkpoint, const char *resumed)
 {
     const struct kind_entry *entry;
     const char *kind = json_string_value(json_object_get(body, "kind"));
@@ -1220,6 +1257,10 @@ ts_task_adopt(struct ts_task_service *svc, struct ts_task *t, const json_t *body
         t->params = json_incref((json_t *)body);
         t->attempt = attempt;
         t->next_seq = t->log.next_id;
+        json_decref(t->checkpoint_in);
+        t->checkpoint_in = json_incref(checkpoint);
+        free(t->resumed);
+        t->resumed = resumed != NULL ? strdup(resumed) : NULL;
         t->store = &svc->store;
         t->state = TS_TASK_QUEUED;
     }
@@ -1256,6 +1297,53 @@ ts_task_service_running(struct ts_task_service *svc, struct ts_task **tasks, uns
     }
     pthread_mutex_unlock(&svc->mu);
     return n;
+}
+
+bool
+ts_task_service_resumable(struct ts_task_service *svc, const json_t *body)
+{
+    const char *kind = json_string_value(json_object_get(body, "kind"));
+    const struct kind_entry *entry;
+
+    pthread_mutex_lock(&svc->mu);
+    entry = kind != NULL ? find_kind_locked(svc, kind) : NULL;
+    pthread_mutex_unlock(&svc->mu);
+    return entry != NULL && entry->kind->resumable != NULL &&
+           entry->kind->resumable(entry->kind->arg, body);
+}
+
+uint64_t
+ts_task_service_hand_off(struct ts_task_service *svc)
+{
+    uint64_t n = 0;
+
+    pthread_mutex_lock(&svc->mu);
+    for (unsigned i = 0; svc->store.release != NULL && i < svc->cfg.workers; i++) {
+        struct ts_task *t = svc->workers[i].current;
+        bool go;
+
+        if (t == NULL || t->abandoned || t->store == NULL || t->kind->resumable == NULL ||
+            !t->kind->resumable(t->kind->arg, t->params))
+            continue;
+        pthread_mutex_lock(&t->mu);
+        go = !t->lost && !atomic_load(&t->cancel);
+        t->handoff = go;
+        pthread_mutex_unlock(&t->mu);
+        if (go && request_cancel(t, "handoff")) {
+            ts_log(svc->log, TS_LOG_INFO, "handing off task", TS_F_STR("task_id", t->id),
+                   TS_F_STR("kind", t->kind->name), TS_F_END);
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&svc->mu);
+    ts_series_add(svc->handoffs, n);
+    return n;
+}
+
+bool
+ts_task_handed_off_locked(const struct ts_task *t)
+{
+    return t->handed_off;
 }
 
 void
@@ -1299,8 +1387,13 @@ register_metrics(struct ts_task_service *svc, struct ts_metrics *m)
     svc->evicted =
         ts_metrics_simple(m, TS_METRIC_COUNTER, "tasks_evicted_total",
                           "Finished tasks forgotten before TASK_RETENTION to keep RETAINED_BYTES.");
+    svc->handoffs = ts_metrics_simple(
+        m, TS_METRIC_COUNTER, "tasks_handed_off_total",
+        "Resumable tasks still running at the end of a drain that went back to the cluster's "
+        "queue for another replica to resume (cluster mode).");
     if (svc->running == NULL || svc->queued == NULL || svc->forced == NULL ||
-        svc->finished == NULL || svc->submitted == NULL || svc->evicted == NULL)
+        svc->finished == NULL || svc->submitted == NULL || svc->evicted == NULL ||
+        svc->handoffs == NULL)
         return -ENOMEM;
     return ts_metrics_gauge_fn(m, "task_event_log_bytes",
                                "Encoded event bytes held by the logs of every known task.",
@@ -1575,6 +1668,7 @@ static int
 emit_stored(struct ts_task *t, const char *event, char *text)
 {
     struct ts_event *ev = NULL;
+    char *checkpoint;
     uint64_t id;
     int err = 0;
 
@@ -1584,12 +1678,24 @@ emit_stored(struct ts_task *t, const char *event, char *text)
     else if (t->lost)
         err = -ESTALE;
     id = t->next_seq;
+    checkpoint = t->checkpoint_out;
+    t->checkpoint_out = NULL;
     pthread_mutex_unlock(&t->mu);
     if (err == 0) {
         ev = ts_event_new(id, event, text, strlen(text));
-        err = ev != NULL ? t->store->append(t->store->arg, t, ev) : -ENOMEM;
+        err = ev != NULL ? t->store->append(t->store->arg, t, ev, checkpoint) : -ENOMEM;
     }
     free(text);
+    if (err != 0 && checkpoint != NULL) {
+        /* Not stored: it goes with the next event, unless a newer came. */
+        pthread_mutex_lock(&t->mu);
+        if (t->checkpoint_out == NULL) {
+            t->checkpoint_out = checkpoint;
+            checkpoint = NULL;
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    free(checkpoint);
     if (err == -ESTALE)
         ts_task_give_up(t);
     if (err != 0) {
@@ -1635,6 +1741,31 @@ ts_task_emit(struct ts_task_ctx *ctx, const char *event, json_t *data)
     pthread_mutex_unlock(&t->mu);
     free(text);
     return err;
+}
+
+int
+ts_task_checkpoint(struct ts_task_ctx *ctx, json_t *state)
+{
+    struct ts_task *t = ctx->task;
+    char *text;
+
+    if (state == NULL)
+        return -EINVAL;
+    text = json_dumps(state, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(state);
+    if (text == NULL)
+        return -ENOMEM;
+    pthread_mutex_lock(&t->mu);
+    free(t->checkpoint_out);
+    t->checkpoint_out = text;
+    pthread_mutex_unlock(&t->mu);
+    return 0;
+}
+
+const json_t *
+ts_task_checkpoint_get(const struct ts_task_ctx *ctx)
+{
+    return ctx->task->checkpoint_in;
 }
 
 bool

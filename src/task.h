@@ -156,9 +156,12 @@ void ts_task_service_wake_all(struct ts_task_service *svc);
  * worker_free() is called, without locks, each time a worker becomes free.
  */
 struct ts_task_store {
-    int (*append)(void *arg, struct ts_task *t, const struct ts_event *ev);
+    /* `checkpoint`: JSON text stored with the event, or NULL. */
+    int (*append)(void *arg, struct ts_task *t, const struct ts_event *ev, const char *checkpoint);
     int (*end)(void *arg, struct ts_task *t, const struct ts_event *ev, const char *status,
                const char *reason, const struct ts_task_result *res);
+    /* Hand the task back for another replica to resume (a drain's end). */
+    int (*release)(void *arg, struct ts_task *t, const char *checkpoint);
     void (*worker_free)(void *arg);
     void *arg;
 };
@@ -203,11 +206,27 @@ bool ts_task_is_mirror(struct ts_task *t);
 /*
  * Run a mirror here: this replica claimed it in the store as `attempt`, its
  * log holds everything the store has (the next event gets next_id). It is
- * queued for an idle worker. -EBUSY: no idle worker; -ENOENT: unknown kind;
- * -EALREADY: not a mirror, or ended; -ESHUTDOWN: the service stops.
+ * queued for an idle worker. A later attempt of a resumable task gets its
+ * `checkpoint` (a reference is taken; may be NULL) and emits `resumed` (JSON
+ * text; NULL on a first attempt) before its run() starts. -EBUSY: no idle
+ * worker; -ENOENT: unknown kind; -EALREADY: not a mirror, or ended;
+ * -ESHUTDOWN: the service stops.
  */
 int ts_task_adopt(struct ts_task_service *svc, struct ts_task *t, const json_t *body,
-                  unsigned attempt);
+                  unsigned attempt, json_t *checkpoint, const char *resumed);
+
+/* Does the kind of `body` resume on another replica (ts_task_kind's
+ * resumable)? False for an unknown kind. */
+bool ts_task_service_resumable(struct ts_task_service *svc, const json_t *body);
+
+/* The end of a drain in cluster mode: ask every running resumable task to
+ * stop and hand it back to the store instead of ending it. Returns how
+ * many; ts_task_service_cancel_all() then cancels the rest. */
+uint64_t ts_task_service_hand_off(struct ts_task_service *svc);
+
+/* A task handed off from here: its streams here end once they have sent
+ * what the log holds (the client resumes elsewhere). Task lock held. */
+bool ts_task_handed_off_locked(const struct ts_task *t);
 
 /* Workers neither running nor about to run a task. */
 unsigned ts_task_service_idle(struct ts_task_service *svc);

@@ -7,7 +7,8 @@
  *
  * The parameters are checked against one table, in validate() before the
  * task is accepted and again in run() to read them. run() stops at the first
- * tick after a cancellation and never sleeps through one.
+ * tick after a cancellation and never sleeps through one. It is resumable:
+ * its checkpoint is the last tick it emitted.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -108,7 +109,9 @@ realtime_us(void)
 static void
 ticker_run(void *arg, struct ts_task_ctx *ctx, struct ts_task_result *result)
 {
+    const json_t *checkpoint;
     int64_t start_ms;
+    json_int_t first;
     struct ticker_params p;
     json_t *payload = NULL;
     json_t *data;
@@ -138,8 +141,15 @@ ticker_run(void *arg, struct ts_task_ctx *ctx, struct ts_task_result *result)
         }
     }
 
+    /* A later attempt (cluster mode) goes on after the last tick stored. */
+    first = 1;
+    checkpoint = ts_task_checkpoint_get(ctx);
+    if (json_is_integer(json_object_get(checkpoint, "n")))
+        first = json_integer_value(json_object_get(checkpoint, "n")) + 1;
     start_ms = ts_monotonic_ns() / TS_NS_PER_MS;
-    for (json_int_t n = 1; n <= p.count && !ts_task_cancelled(ctx); n++) {
+    for (json_int_t n = first; n <= p.count && !ts_task_cancelled(ctx); n++) {
+        /* Stored with the tick itself: a resumed ticker never repeats one. */
+        ts_task_checkpoint(ctx, json_pack("{s:I}", "n", n));
         data = json_pack("{s:I, s:I, s:I}", "n", n, "count", p.count, "sent_us", realtime_us());
         if (data != NULL && payload != NULL && json_object_set(data, "payload", payload) != 0) {
             json_decref(data);
@@ -156,8 +166,8 @@ ticker_run(void *arg, struct ts_task_ctx *ctx, struct ts_task_result *result)
         /* Tick n+1 is due at start + n * interval: sleeping only what is
          * left keeps the rate whatever emitting cost. */
         if (n < p.count) {
-            int64_t left =
-                start_ms + n * p.interval_ms - (int64_t)(ts_monotonic_ns() / TS_NS_PER_MS);
+            int64_t left = start_ms + (n - first + 1) * p.interval_ms -
+                           (int64_t)(ts_monotonic_ns() / TS_NS_PER_MS);
 
             if (left > 0 && ts_task_sleep_ms(ctx, left))
                 break;
@@ -170,11 +180,20 @@ ticker_run(void *arg, struct ts_task_ctx *ctx, struct ts_task_result *result)
         result->status = TS_TASK_CANCELLED;
 }
 
+static bool
+ticker_resumable(void *arg, const json_t *params)
+{
+    (void)arg;
+    (void)params;
+    return true;
+}
+
 static const struct ts_task_kind ticker_kind = {
     .name = "ticker",
     .validate = ticker_validate,
     .run = ticker_run,
     .arg = NULL,
+    .resumable = ticker_resumable,
 };
 
 const struct ts_task_kind *
