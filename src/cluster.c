@@ -53,6 +53,7 @@ static const char append_lua[] =
     "if id <= top then return 1 end\n"
     "if id ~= top + 1 then return redis.error_reply('ERR event ' .. id .. ' after ' .. top) end\n"
     "redis.call('HSET', KEYS[1], 'top', id)\n"
+    "if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'checkpoint', ARGV[6]) end\n"
     "redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', ARGV[4])\n"
     "redis.call('PUBLISH', KEYS[3], 'm' .. id .. '\\n' .. ARGV[4])\n"
     "return 1\n";
@@ -76,7 +77,7 @@ static const char end_lua[] =
 
 static const char claim_lua[] =
     "local m = redis.call('HMGET', KEYS[1], 'state', 'owner', 'attempt', 'lease', 'top',\n"
-    "  'body', 'cancel')\n"
+    "  'body', 'cancel', 'checkpoint', 'from')\n"
     "if not m[1] then return {'gone'} end\n"
     "local t = redis.call('TIME')\n"
     "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
@@ -87,7 +88,9 @@ static const char claim_lua[] =
     "redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[1], 'attempt', attempt,\n"
     "  'lease', now + tonumber(ARGV[2]), 'entry', ARGV[3])\n"
     "if m[1] == 'queued' then redis.call('HSET', KEYS[1], 'started', now) end\n"
-    "return {'claimed', attempt, tonumber(m[5]), m[6], m[1], m[2] or '', m[7] or '0'}\n";
+    "local from = m[2] or ''\n"
+    "if from == '' then from = m[9] or '' end\n"
+    "return {'claimed', attempt, tonumber(m[5]), m[6], m[1], from, m[7] or '0', m[8] or ''}\n";
 
 static const char renew_lua[] =
     "local m = redis.call('HMGET', KEYS[1], 'owner', 'attempt', 'state', 'cancel')\n"
@@ -100,7 +103,8 @@ static const char renew_lua[] =
 static const char release_lua[] =
     "local m = redis.call('HMGET', KEYS[1], 'owner', 'attempt', 'state')\n"
     "if m[1] ~= ARGV[1] or m[2] ~= ARGV[2] or m[3] ~= 'running' then return 0 end\n"
-    "redis.call('HSET', KEYS[1], 'state', 'queued', 'owner', '', 'lease', 0)\n"
+    "redis.call('HSET', KEYS[1], 'state', 'queued', 'owner', '', 'lease', 0, 'from', ARGV[1])\n"
+    "if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'checkpoint', ARGV[3]) end\n"
     "return 1\n";
 
 static const char cancel_lua[] =
@@ -149,7 +153,7 @@ struct ts_cluster {
     struct ts_log *log;
     struct ts_redis *redis;
     struct ts_redis_script scripts[S_COUNT];
-    struct ts_series *claims, *lost;
+    struct ts_series *claims, *takeovers;
 
     pthread_mutex_t mu;
     pthread_cond_t claim_cv;  /* a worker is free, a task was queued, or stopping */
@@ -236,12 +240,12 @@ now_ms(struct ts_cluster *cl)
 /* ---- the store the task service writes through ---- */
 
 static int
-store_append(void *arg, struct ts_task *t, const struct ts_event *ev)
+store_append(void *arg, struct ts_task *t, const struct ts_event *ev, const char *checkpoint)
 {
     struct ts_cluster *cl = arg;
     char meta[KEY_MAX], events[KEY_MAX], live[KEY_MAX], attempt[16], id[24];
-    const char *argv[8];
-    size_t lens[8];
+    const char *argv[9];
+    size_t lens[9];
     struct ts_redis_conn *c;
     redisReply *r;
     int rc;
@@ -257,13 +261,14 @@ store_append(void *arg, struct ts_task *t, const struct ts_event *ev)
     argv[5] = id;
     argv[6] = ev->frame;
     argv[7] = cl->maxlen;
-    for (int i = 0; i < 8; i++)
+    argv[8] = checkpoint != NULL ? checkpoint : "";
+    for (int i = 0; i < 9; i++)
         lens[i] = strlen(argv[i]);
     lens[6] = ev->len;
     c = ts_redis_get(cl->redis);
     if (c == NULL)
         return -ENOMEM;
-    rc = ts_redis_eval(c, &cl->scripts[S_APPEND], &r, 3, 8, argv, lens);
+    rc = ts_redis_eval(c, &cl->scripts[S_APPEND], &r, 3, 9, argv, lens);
     ts_redis_put(cl->redis, c);
     if (rc != 0)
         return rc;
@@ -427,21 +432,24 @@ backfill(struct ts_cluster *cl, struct ts_redis_conn *c, struct ts_task *t, bool
 /* ---- claiming ---- */
 
 /* Back to the queue: a claim this replica cannot run after all. */
-static void
+static int
 release(struct ts_cluster *cl, struct ts_redis_conn *c, const char *task, unsigned attempt,
-        const char *entry)
+        const char *entry, const char *checkpoint)
 {
     char meta[KEY_MAX], queue[KEY_MAX], notify[KEY_MAX], att[16];
-    const char *argv[3] = {meta, cl->replica, att};
+    const char *argv[4] = {meta, cl->replica, att, checkpoint != NULL ? checkpoint : ""};
     redisReply *r;
+    int rc;
 
     task_key(cl, meta, task, "meta");
     global_key(cl, queue, "queue");
     global_key(cl, notify, "notify");
     snprintf(att, sizeof(att), "%u", attempt);
-    if (ts_redis_eval(c, &cl->scripts[S_RELEASE], &r, 1, 3, argv, NULL) != 0)
-        return;
-    if (int_of(r) == 1) {
+    rc = ts_redis_eval(c, &cl->scripts[S_RELEASE], &r, 1, 4, argv, NULL);
+    if (rc != 0)
+        return rc;
+    rc = int_of(r) == 1 ? 0 : -ESTALE;
+    if (rc == 0) {
         ts_redis_appendf(c, "XADD %s * t %s", queue, task);
         ts_redis_appendf(c, "XACK %s " GROUP " %s", queue, entry);
         ts_redis_appendf(c, "PUBLISH %s %s", notify, task);
@@ -453,6 +461,44 @@ release(struct ts_cluster *cl, struct ts_redis_conn *c, const char *task, unsign
         }
     }
     freeReplyObject(r);
+    return rc;
+}
+
+/* The queue entry a task was claimed with (its meta's "entry"). */
+static int
+task_entry(struct ts_cluster *cl, struct ts_redis_conn *c, const char *task, char out[64])
+{
+    char meta[KEY_MAX];
+    redisReply *r;
+    int rc;
+
+    task_key(cl, meta, task, "meta");
+    rc = ts_redis_call(c, &r, "HGET %s entry", meta);
+    if (rc != 0)
+        return rc;
+    rc = reply_is(r, REDIS_REPLY_STRING) && r->len < 64 ? 0 : -ENOENT;
+    if (rc == 0)
+        memcpy(out, r->str, r->len + 1);
+    freeReplyObject(r);
+    return rc;
+}
+
+/* The store's release(): a drain's end hands a resumable task back. */
+static int
+store_release(void *arg, struct ts_task *t, const char *checkpoint)
+{
+    struct ts_cluster *cl = arg;
+    struct ts_redis_conn *c = ts_redis_get(cl->redis);
+    char entry[64];
+    int rc;
+
+    if (c == NULL)
+        return -ENOMEM;
+    rc = task_entry(cl, c, ts_task_get_id(t), entry);
+    if (rc == 0)
+        rc = release(cl, c, ts_task_get_id(t), ts_task_attempt(t), entry, checkpoint);
+    ts_redis_put(cl->redis, c);
+    return rc;
 }
 
 /* A task whose owner stopped renewing: no kind resumes yet, so it ends
@@ -471,33 +517,45 @@ end_lost(struct ts_cluster *cl, struct ts_redis_conn *c, const char *task, unsig
     if (ev == NULL)
         return;
     if (store_end_as(cl, c, task, attempt, ev, cancel ? "cancelled" : "failed",
-                     cancel ? "client" : "lost", 0, 0) == 0) {
-        ts_series_inc(cl->lost);
-        ts_log(cl->log, TS_LOG_INFO, "task taken over", TS_F_STR("task_id", task),
-               TS_F_STR("from_replica", from), TS_F_UINT("attempt", attempt),
-               TS_F_STR("outcome", cancel ? "cancelled" : "lost"), TS_F_END);
-    }
+                     cancel ? "client" : "lost", 0, 0) == 0 &&
+        !cancel)
+        ts_log(cl->log, TS_LOG_WARN, "task lost: its replica stopped renewing and it cannot resume",
+               TS_F_STR("task_id", task), TS_F_STR("from_replica", from), TS_F_END);
     ts_event_unref(ev);
 }
 
-/* Run a claimed task here: its log first gets what Redis has. */
+/* Run a claimed task here: its log first gets what Redis has. A later
+ * attempt of a resumable task starts from its checkpoint and says where it
+ * came from in a "resumed" event. */
 static void
 start_here(struct ts_cluster *cl, struct ts_redis_conn *c, const char *task, unsigned attempt,
-           const redisReply *body_text, const char *entry)
+           const json_t *body, const char *entry, const redisReply *checkpoint, const char *from)
 {
+    char resumed[256];
+    json_t *cp = NULL, *note;
     struct ts_task *t;
-    json_t *body = NULL;
     bool created, ended = false;
+    char *text = NULL;
     int rc = -ENOMEM;
 
     t = ts_task_mirror(cl->tasks, task, &created);
-    if (reply_is(body_text, REDIS_REPLY_STRING))
-        body = json_loadb(body_text->str, body_text->len, 0, NULL);
-    if (t != NULL && body != NULL) {
+    if (reply_is(checkpoint, REDIS_REPLY_STRING) && checkpoint->len > 0)
+        cp = json_loadb(checkpoint->str, checkpoint->len, JSON_DECODE_ANY, NULL);
+    note = attempt > 1 ? json_pack("{s:I, s:s}", "attempt", (json_int_t)attempt, "from_replica",
+                                   from != NULL ? from : "")
+                       : NULL;
+    if (note != NULL)
+        text = json_dumps(note, JSON_COMPACT);
+    json_decref(note);
+    snprintf(resumed, sizeof(resumed), "%s", text != NULL ? text : "");
+    free(text);
+    if (t != NULL) {
         rc = backfill(cl, c, t, &ended);
         if (rc == 0)
-            rc = ts_task_adopt(cl->tasks, t, body, attempt);
+            rc =
+                ts_task_adopt(cl->tasks, t, body, attempt, cp, resumed[0] != '\0' ? resumed : NULL);
     }
+    json_decref(cp);
     if (rc == 0) {
         ts_series_inc(cl->claims);
         ts_log(cl->log, TS_LOG_DEBUG, "task claimed", TS_F_STR("task_id", task),
@@ -511,9 +569,8 @@ start_here(struct ts_cluster *cl, struct ts_redis_conn *c, const char *task, uns
             store_end_as(cl, c, task, attempt, ev, "failed", "unknown kind", 0, 0);
         ts_event_unref(ev);
     } else {
-        release(cl, c, task, attempt, entry);
+        release(cl, c, task, attempt, entry, NULL);
     }
-    json_decref(body);
     ts_task_unref(t);
 }
 
@@ -538,15 +595,29 @@ claim(struct ts_cluster *cl, struct ts_redis_conn *c, const char *entry, const c
     } else if (str_is(r->element[0], "gone") || str_is(r->element[0], "done")) {
         if (ts_redis_call(c, &ack, "XACK %s " GROUP " %s", queue, entry) == 0)
             freeReplyObject(ack);
-    } else if (str_is(r->element[0], "claimed") && r->elements == 7) {
+    } else if (str_is(r->element[0], "claimed") && r->elements == 8) {
+        const redisReply *text = r->element[3];
+        const char *from = reply_is(r->element[5], REDIS_REPLY_STRING) ? r->element[5]->str : "";
+        uint64_t top = (uint64_t)int_of(r->element[2]);
+        bool was_running = str_is(r->element[4], "running");
+        json_t *body = NULL;
+
         attempt = (unsigned)int_of(r->element[1]);
-        if (str_is(r->element[4], "running"))
-            end_lost(cl, c, task, attempt, (uint64_t)int_of(r->element[2]), r->element[5]->str,
-                     str_is(r->element[6], "1"));
-        else if (str_is(r->element[6], "1"))
-            end_lost(cl, c, task, attempt, (uint64_t)int_of(r->element[2]), "", true);
+        if (reply_is(text, REDIS_REPLY_STRING))
+            body = json_loadb(text->str, text->len, 0, NULL);
+        if (str_is(r->element[6], "1"))
+            end_lost(cl, c, task, attempt, top, from, true);
+        else if (body == NULL || (was_running && !ts_task_service_resumable(cl->tasks, body)))
+            end_lost(cl, c, task, attempt, top, from, false);
         else
-            start_here(cl, c, task, attempt, r->element[3], entry);
+            start_here(cl, c, task, attempt, body, entry, r->element[7],
+                       was_running || attempt > 1 ? from : NULL);
+        if (was_running)
+            ts_series_inc(cl->takeovers);
+        if (was_running)
+            ts_log(cl->log, TS_LOG_INFO, "task taken over", TS_F_STR("task_id", task),
+                   TS_F_STR("from_replica", from), TS_F_UINT("attempt", attempt), TS_F_END);
+        json_decref(body);
     }
     freeReplyObject(r);
 }
@@ -1448,9 +1519,10 @@ ts_cluster_new(struct ts_cluster **out, const struct ts_cluster_config *cfg)
     ts_cond_init(&cl->synced_cv);
     cl->claims = ts_metrics_simple(cfg->metrics, TS_METRIC_COUNTER, "cluster_claims_total",
                                    "Queued tasks this replica claimed and started.");
-    cl->lost = ts_metrics_simple(
+    cl->takeovers = ts_metrics_simple(
         cfg->metrics, TS_METRIC_COUNTER, "cluster_takeovers_total",
-        "Tasks of another replica whose lease lapsed and that this replica ended (lost).");
+        "Tasks of another replica whose lease lapsed that this replica took over (resumed, or "
+        "ended as lost).");
     rcfg = (struct ts_redis_config){
         .url = cfg->url,
         .password = cfg->password,
@@ -1460,7 +1532,7 @@ ts_cluster_new(struct ts_cluster **out, const struct ts_cluster_config *cfg)
         .metrics = cfg->metrics,
         .log = cfg->log,
     };
-    err = cl->claims == NULL || cl->lost == NULL ? -ENOMEM : ts_redis_new(&cl->redis, &rcfg);
+    err = cl->claims == NULL || cl->takeovers == NULL ? -ENOMEM : ts_redis_new(&cl->redis, &rcfg);
     if (err != 0) {
         ts_cluster_free(cl);
         return err;
@@ -1468,6 +1540,7 @@ ts_cluster_new(struct ts_cluster **out, const struct ts_cluster_config *cfg)
     store = (struct ts_task_store){
         .append = store_append,
         .end = store_end,
+        .release = store_release,
         .worker_free = store_worker_free,
         .arg = cl,
     };

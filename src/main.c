@@ -306,14 +306,14 @@ main(int argc, char **argv)
 
     ts_coordinator_wait_shutdown(coord);
     shutdown_with_progress(srv, &cfg, &rep);
-    ts_log(log, TS_LOG_INFO, "shutdown complete",
-           TS_F_STR("reason", ts_drain_reason_name(rep.reason)),
-           TS_F_STR("signal", rep.signal_name[0] != '\0' ? rep.signal_name : NULL),
-           TS_F_STR("stop_signal", rep.stop_signal[0] != '\0' ? rep.stop_signal : NULL),
-           TS_F_STR("forced_by", rep.forced_by[0] != '\0' ? rep.forced_by : NULL),
-           TS_F_DBL("duration_seconds", rep.duration_s),
-           TS_F_UINT("forced_cancellations", rep.forced), TS_F_UINT("abandoned", rep.abandoned),
-           TS_F_UINT("streams_cut", rep.streams_closed), TS_F_END);
+    ts_log(
+        log, TS_LOG_INFO, "shutdown complete", TS_F_STR("reason", ts_drain_reason_name(rep.reason)),
+        TS_F_STR("signal", rep.signal_name[0] != '\0' ? rep.signal_name : NULL),
+        TS_F_STR("stop_signal", rep.stop_signal[0] != '\0' ? rep.stop_signal : NULL),
+        TS_F_STR("forced_by", rep.forced_by[0] != '\0' ? rep.forced_by : NULL),
+        TS_F_DBL("duration_seconds", rep.duration_s), TS_F_UINT("forced_cancellations", rep.forced),
+        TS_F_UINT("handed_off", rep.handed_off), TS_F_UINT("abandoned", rep.abandoned),
+        TS_F_UINT("streams_cut", rep.streams_closed), TS_F_END);
 
     atomic_store(&sigs.quit, true);
     pthread_kill(sigs.thread, SIGUSR2);

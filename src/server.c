@@ -444,7 +444,7 @@ ts_server_shutdown(struct ts_server *srv, struct ts_shutdown_report *report)
 {
     struct ts_drain_status st;
     int64_t start, now, wait_from;
-    uint64_t forced, abandoned;
+    uint64_t forced, abandoned, handed;
     unsigned cut;
     int sub;
 
@@ -462,6 +462,12 @@ ts_server_shutdown(struct ts_server *srv, struct ts_shutdown_report *report)
         ts_drain_unsubscribe(&srv->drain, sub);
 
     ts_coordinator_set_stopping(srv->coord);
+    /* Cluster mode: what can resume elsewhere goes back to the queue; the
+     * rest is cancelled as in a single process. */
+    handed = srv->cluster != NULL ? ts_task_service_hand_off(srv->tasks) : 0;
+    if (handed > 0)
+        ts_log(srv->log, TS_LOG_INFO, "handing off resumable tasks", TS_F_UINT("count", handed),
+               TS_F_END);
     forced = ts_task_service_cancel_all(srv->tasks, "shutdown");
     if (forced > 0)
         ts_log(srv->log, TS_LOG_WARN, "cancelling tasks still running", TS_F_UINT("count", forced),
@@ -487,6 +493,7 @@ ts_server_shutdown(struct ts_server *srv, struct ts_shutdown_report *report)
     memcpy(report->forced_by, st.forced_by, sizeof(report->forced_by));
     report->duration_s = (double)(st.stopped_ns - start) / TS_NS_PER_S;
     report->forced = forced;
+    report->handed_off = handed;
     report->abandoned = abandoned;
     report->streams_closed = cut;
     ts_series_observe(srv->shutdown_duration, report->duration_s);

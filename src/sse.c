@@ -373,6 +373,7 @@ pull_events(struct stream *s, struct ts_http_out *out)
     struct ts_task *task = s->g->key.task;
     const struct ts_event_log *log;
     uint64_t sent = 0, last, end_id;
+    bool handed_off;
 
     if (!s->retry_sent && add_canned(out, &sse->retry))
         s->retry_sent = true;
@@ -401,11 +402,14 @@ pull_events(struct stream *s, struct ts_http_out *out)
         sent++;
     }
     end_id = ts_task_end_id_locked(task);
+    /* Handed off at the end of a drain: the rest is another replica's, and
+     * a client that reconnects with its Last-Event-ID gets it there. */
+    handed_off = ts_task_handed_off_locked(task) && s->next_id > last;
     ts_task_unlock(task);
 
     if (sent > 0)
         ts_series_add(sse->events_sent, sent);
-    if (end_id != 0 && s->next_id > end_id)
+    if ((end_id != 0 && s->next_id > end_id) || handed_off)
         return TS_HTTP_END; /* "end" is among these pieces, or was sent */
     return TS_HTTP_MORE;
 }
