@@ -483,6 +483,8 @@ ts_server_shutdown(struct ts_server *srv, struct ts_shutdown_report *report)
      * public listener stays open at least that long from the signal, for
      * the load balancers that still send clients here. */
     ts_coordinator_wait_forced(srv->coord, wait_from + srv->cfg.shutdown_delay_ms * TS_NS_PER_MS);
+    if (srv->cluster != NULL)
+        ts_task_service_detach_mirrors(srv->tasks);
     cut = stop_public(srv);
 
     ts_coordinator_set_stopped(srv->coord);

@@ -1340,6 +1340,23 @@ ts_task_service_hand_off(struct ts_task_service *svc)
     return n;
 }
 
+void
+ts_task_service_detach_mirrors(struct ts_task_service *svc)
+{
+    struct ts_task *t;
+
+    pthread_mutex_lock(&svc->mu);
+    DL_FOREACH2(svc->newest, t, older) {
+        pthread_mutex_lock(&t->mu);
+        if (t->mirror && t->state != TS_TASK_DONE && !t->handed_off) {
+            t->handed_off = true;
+            wake_waiters_locked(t);
+        }
+        pthread_mutex_unlock(&t->mu);
+    }
+    pthread_mutex_unlock(&svc->mu);
+}
+
 bool
 ts_task_handed_off_locked(const struct ts_task *t)
 {

@@ -224,6 +224,12 @@ bool ts_task_service_resumable(struct ts_task_service *svc, const json_t *body);
  * many; ts_task_service_cancel_all() then cancels the rest. */
 uint64_t ts_task_service_hand_off(struct ts_task_service *svc);
 
+/* The last step of a drain in cluster mode: every mirror is treated as
+ * handed off, so the streams of tasks running elsewhere end here too (their
+ * clients resume on another replica) instead of being cut at the flush
+ * bound. */
+void ts_task_service_detach_mirrors(struct ts_task_service *svc);
+
 /* A task handed off from here: its streams here end once they have sent
  * what the log holds (the client resumes elsewhere). Task lock held. */
 bool ts_task_handed_off_locked(const struct ts_task *t);
