@@ -765,6 +765,7 @@ def test_commands_route_lists_names_and_patterns_never_argv(daemon, tmp_path):
     assert r.status == 200, r
     assert r.json() == {"commands": [{
         "name": "two", "description": "Two words.", "timeout_ms": 30000, "max_concurrent": 3,
+        "restartable": False,
         "params": {"a": {"pattern": "^[a-z]+$", "default": None, "description": "first",
                          "allow_leading_dash": False},
                    "b": {"pattern": "^[0-9]+$", "default": "42", "description": None,

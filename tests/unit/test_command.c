@@ -178,7 +178,7 @@ test_load_errors(void **state)
         {"{\"commands\": {\"a\": {\"argv\": [\"/bin/echo\"], \"shell\": true}}}",
          "command \"a\": field \"shell\": is not a known field (allowed: description, argv, "
          "params, env, cwd, timeout, kill_grace, max_output_bytes, max_line_bytes, "
-         "max_concurrent, rlimits)"},
+         "max_concurrent, rlimits, restartable)"},
     };
     char noexec[] = "/tmp/ts-test-command-XXXXXX";
     char json[1024], want[1024], err[1024];
