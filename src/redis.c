@@ -4,6 +4,7 @@
  * scripts' digests, under one mutex; a connection itself is never shared.
  */
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,7 @@ struct ts_redis {
     pthread_mutex_t mu;
     /* Guarded by mu: */
     bool up;             /* the last connect or command succeeded */
+    bool down;           /* the last connect or command failed (not yet: unknown) */
     bool trying;         /* a caller is connecting while down */
     int64_t retry_at_ns; /* while down: no connect before this */
     int64_t backoff_ns;  /* the next wait after a failure */
@@ -296,6 +298,7 @@ mark_up(struct ts_redis *r)
     pthread_mutex_lock(&r->mu);
     was = r->up;
     r->up = true;
+    r->down = false;
     r->trying = false;
     r->backoff_ns = BACKOFF_MIN_NS;
     pthread_mutex_unlock(&r->mu);
@@ -316,6 +319,7 @@ mark_down(struct ts_redis *r, const char *what, const char *why)
     pthread_mutex_lock(&r->mu);
     was = r->up;
     r->up = false;
+    r->down = true;
     r->trying = false;
     r->retry_at_ns = now_ns() + r->backoff_ns;
     r->backoff_ns = r->backoff_ns * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : r->backoff_ns * 2;
@@ -328,16 +332,17 @@ mark_down(struct ts_redis *r, const char *what, const char *why)
     }
 }
 
-/* May this caller try to connect now? While down, one caller at a time and
- * only once the back-off has passed. */
+/* May this caller try to connect now? Anyone may until a connect or a
+ * command fails; while Redis is down, one caller at a time and only once
+ * the back-off has passed. */
 static bool
 may_connect(struct ts_redis *r)
 {
     bool ok;
 
     pthread_mutex_lock(&r->mu);
-    ok = r->up || (!r->trying && now_ns() >= r->retry_at_ns);
-    if (ok && !r->up)
+    ok = !r->down || (!r->trying && now_ns() >= r->retry_at_ns);
+    if (ok && r->down)
         r->trying = true;
     pthread_mutex_unlock(&r->mu);
     return ok;
@@ -616,6 +621,18 @@ ts_redis_eval(struct ts_redis_conn *c, struct ts_redis_script *script, redisRepl
 
 /* ---- the pool ---- */
 
+/* An idle connection has nothing to read: data or an end of file means
+ * Redis closed it meanwhile (CLIENT KILL, a restart, its timeout), and a
+ * command sent on it would fail for nothing. */
+static void
+drop_if_closed(struct ts_redis_conn *c)
+{
+    struct pollfd p = {.fd = c->ctx != NULL ? c->ctx->fd : -1, .events = POLLIN};
+
+    if (p.fd >= 0 && poll(&p, 1, 0) != 0)
+        drop(c);
+}
+
 struct ts_redis_conn *
 ts_redis_get(struct ts_redis *r)
 {
@@ -626,7 +643,10 @@ ts_redis_get(struct ts_redis *r)
     if (c != NULL)
         r->idle = c->next;
     pthread_mutex_unlock(&r->mu);
-    return c != NULL ? c : ts_redis_conn_new(r);
+    if (c == NULL)
+        return ts_redis_conn_new(r);
+    drop_if_closed(c);
+    return c;
 }
 
 void

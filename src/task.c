@@ -116,6 +116,9 @@ struct ts_task {
     json_t *checkpoint_in;             /* this attempt's start; immutable once queued */
     char *checkpoint_out;              /* to store with the next event; owned */
     char *resumed;                     /* the "resumed" event's data to emit first; owned */
+    struct unstored *unstored;         /* cluster mode: events the store did not take yet */
+    size_t nunstored;                  /* worker thread only */
+    atomic_size_t *unstored_total;     /* the service's */
     unsigned attempt;                  /* cluster mode: the claim's fencing token */
     uint64_t next_seq;                 /* cluster mode: the id the next emit gets */
     const struct ts_task_store *store; /* NULL: memory mode; set before run() */
@@ -127,6 +130,13 @@ struct ts_task {
     struct ts_task *qprev, *qnext; /* utlist: the run queue, while queued */
     struct ts_task *expiry_next;   /* the expiry FIFO, once done */
     int64_t expires_ns;            /* monotonic, once done */
+};
+
+/* An event in the local log that the store has not taken yet (Redis was
+ * unavailable), with the checkpoint that goes with it. */
+struct unstored {
+    struct ts_event *ev;
+    char *checkpoint;
 };
 
 struct worker {
@@ -149,6 +159,7 @@ struct ts_task_service {
     struct ts_series *evicted;   /* tasks_evicted_total */
     struct ts_series *handoffs;  /* tasks_handed_off_total */
     atomic_size_t log_bytes;     /* every registered task's log; see the top */
+    atomic_size_t unstored;      /* events waiting for the store (cluster mode) */
 
     pthread_mutex_t mu;
     pthread_cond_t work_cv;    /* a task was queued, or stopping */
@@ -312,6 +323,13 @@ ts_task_unref(struct ts_task *t)
     json_decref(t->checkpoint_in);
     free(t->checkpoint_out);
     free(t->resumed);
+    for (size_t i = 0; i < t->nunstored; i++) {
+        ts_event_unref(t->unstored[i].ev);
+        free(t->unstored[i].checkpoint);
+    }
+    if (t->nunstored > 0)
+        atomic_fetch_sub(t->unstored_total, t->nunstored);
+    free(t->unstored);
     free(t->reason);
     free(t);
 }
@@ -826,12 +844,51 @@ ts_task_cancel(struct ts_task_service *svc, struct ts_task *t)
 /* ---- threads ---- */
 
 static int emit_stored(struct ts_task *t, const char *event, char *text);
+static bool store_unavailable(int err);
+static int flush_unstored(struct ts_task *t);
 
 static void
 svc_worker_free(struct ts_task_service *svc)
 {
     if (svc->store.worker_free != NULL)
         svc->store.worker_free(svc->store.arg);
+}
+
+/*
+ * Before a task's end is stored, what it emitted while the store was away
+ * must be: wait for the store, trying again with a back-off (100 ms to 1 s),
+ * until it takes them, refuses them (-ESTALE), or the service stops. The
+ * task's readers here have all of it meanwhile, and its end comes once it is
+ * stored, so no replica ever shows an end the store does not have.
+ */
+static int
+flush_before_end(struct ts_task_service *svc, struct ts_task *t)
+{
+    int64_t wait_ns = 100 * TS_NS_PER_MS;
+    bool logged = false;
+    int err;
+
+    for (;;) {
+        bool stopping;
+
+        err = flush_unstored(t);
+        if (!store_unavailable(err))
+            return err;
+        pthread_mutex_lock(&svc->mu);
+        stopping = svc->stopping || t->abandoned;
+        pthread_mutex_unlock(&svc->mu);
+        if (stopping)
+            return err;
+        if (!logged) {
+            ts_log(svc->log, TS_LOG_WARN, "task ended while the store is unavailable; waiting",
+                   TS_F_STR("task_id", t->id), TS_F_UINT("unstored", t->nunstored), TS_F_END);
+            logged = true;
+        }
+        pthread_mutex_lock(&t->mu);
+        ts_clock_wait(&svc->clock, &t->sleep_cv, &t->mu, ts_clock_now_ns(&svc->clock) + wait_ns);
+        pthread_mutex_unlock(&t->mu);
+        wait_ns = wait_ns * 2 > TS_NS_PER_S ? TS_NS_PER_S : wait_ns * 2;
+    }
 }
 
 /*
@@ -868,6 +925,11 @@ run_task_stored_end(struct worker *w, struct ts_task *t, const struct ts_task_re
     t->checkpoint_out = NULL;
     id = t->next_seq;
     pthread_mutex_unlock(&t->mu);
+    if (!lost) {
+        rc = flush_before_end(svc, t);
+        if (rc == -ESTALE)
+            lost = true;
+    }
     if (handoff && !lost) {
         /* Whatever the store says, this replica is done with the task: a
          * failed release leaves it to lapse, and another replica resumes. */
@@ -1262,6 +1324,7 @@ ts_task_adopt(struct ts_task_service *svc, struct ts_task *t, const json_t *body
         free(t->resumed);
         t->resumed = resumed != NULL ? strdup(resumed) : NULL;
         t->store = &svc->store;
+        t->unstored_total = &svc->unstored;
         t->state = TS_TASK_QUEUED;
     }
     pthread_mutex_unlock(&t->mu);
@@ -1375,6 +1438,14 @@ ts_task_give_up(struct ts_task *t)
 /* ---- the service ---- */
 
 static double
+unstored_gauge(void *arg)
+{
+    struct ts_task_service *svc = arg;
+
+    return (double)atomic_load(&svc->unstored);
+}
+
+static double
 log_bytes_gauge(void *arg)
 {
     struct ts_task_service *svc = arg;
@@ -1412,6 +1483,11 @@ register_metrics(struct ts_task_service *svc, struct ts_metrics *m)
         svc->finished == NULL || svc->submitted == NULL || svc->evicted == NULL ||
         svc->handoffs == NULL)
         return -ENOMEM;
+    if (ts_metrics_gauge_fn(m, "task_events_unstored",
+                            "Events of running tasks kept here because the cluster's store "
+                            "(Redis) could not take them yet; stored on reconnect.",
+                            unstored_gauge, svc) != 0)
+        return -ENOMEM;
     return ts_metrics_gauge_fn(m, "task_event_log_bytes",
                                "Encoded event bytes held by the logs of every known task.",
                                log_bytes_gauge, svc);
@@ -1432,6 +1508,7 @@ ts_task_service_new(struct ts_task_service **out, const struct ts_task_service_c
         return -ENOMEM;
     svc->cfg = *cfg;
     atomic_init(&svc->log_bytes, 0);
+    atomic_init(&svc->unstored, 0);
     svc->drain = drain;
     svc->clock = clock;
     svc->log = log;
@@ -1680,6 +1757,67 @@ push_own_locked(struct ts_task *t, struct ts_event *ev)
     wake_waiters_locked(t);
 }
 
+/* The store could not be reached (Redis down, a timeout): worth keeping
+ * the event and trying again, unlike a refusal. */
+static bool
+store_unavailable(int err)
+{
+    return err == -ENOTCONN || err == -EIO || err == -ETIMEDOUT;
+}
+
+/* Store the events kept while the store was unavailable, oldest first. 0
+ * when none is left; the first error otherwise (-ESTALE: the task is not
+ * ours any more). Worker thread. */
+static int
+flush_unstored(struct ts_task *t)
+{
+    size_t done = 0;
+    int err = 0;
+
+    while (done < t->nunstored) {
+        struct unstored *u = &t->unstored[done];
+
+        err = t->store->append(t->store->arg, t, u->ev, u->checkpoint);
+        if (err != 0)
+            break;
+        ts_event_unref(u->ev);
+        free(u->checkpoint);
+        done++;
+    }
+    if (done > 0) {
+        memmove(t->unstored, t->unstored + done, (t->nunstored - done) * sizeof(*t->unstored));
+        t->nunstored -= done;
+        atomic_fetch_sub(t->unstored_total, done);
+    }
+    return err;
+}
+
+/*
+ * The store is unavailable: `ev` joins the local log anyway (this
+ * replica's readers go on) and waits, with its checkpoint, for the next
+ * flush. At most the log's capacity waits: past it an unstored event would
+ * be evicted here before anyone stored it, so the emit fails instead
+ * (-ENOSPC) and the task with it. Takes *checkpoint. Worker thread.
+ */
+static int
+keep_unstored(struct ts_task *t, struct ts_event *ev, char **checkpoint)
+{
+    struct unstored *grown;
+
+    if (t->nunstored >= t->log.events_max)
+        return -ENOSPC;
+    grown = realloc(t->unstored, (t->nunstored + 1) * sizeof(*grown));
+    if (grown == NULL)
+        return -ENOMEM;
+    t->unstored = grown;
+    t->unstored[t->nunstored].ev = ts_event_ref(ev);
+    t->unstored[t->nunstored].checkpoint = *checkpoint;
+    *checkpoint = NULL;
+    t->nunstored++;
+    atomic_fetch_add(t->unstored_total, 1);
+    return 0;
+}
+
 /* ts_task_emit() in cluster mode; takes `text`. */
 static int
 emit_stored(struct ts_task *t, const char *event, char *text)
@@ -1700,7 +1838,11 @@ emit_stored(struct ts_task *t, const char *event, char *text)
     pthread_mutex_unlock(&t->mu);
     if (err == 0) {
         ev = ts_event_new(id, event, text, strlen(text));
-        err = ev != NULL ? t->store->append(t->store->arg, t, ev, checkpoint) : -ENOMEM;
+        err = ev != NULL ? flush_unstored(t) : -ENOMEM;
+        if (err == 0)
+            err = t->store->append(t->store->arg, t, ev, checkpoint);
+        if (store_unavailable(err))
+            err = keep_unstored(t, ev, &checkpoint);
     }
     free(text);
     if (err != 0 && checkpoint != NULL) {
