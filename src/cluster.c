@@ -237,6 +237,26 @@ now_ms(struct ts_cluster *cl)
     return ts_clock_wall_ns(&cl->clock) / TS_NS_PER_MS;
 }
 
+/* A queue entry is done with: acknowledged and deleted, so the queue
+ * holds only what is waiting or running. */
+static void
+ack_entry(struct ts_cluster *cl, struct ts_redis_conn *c, const char *entry)
+{
+    char queue[KEY_MAX];
+
+    global_key(cl, queue, "queue");
+    if (ts_redis_appendf(c, "XACK %s " GROUP " %s", queue, entry) != 0 ||
+        ts_redis_appendf(c, "XDEL %s %s", queue, entry) != 0)
+        return;
+    for (int i = 0; i < 2; i++) {
+        redisReply *r;
+
+        if (ts_redis_reply(c, &r) != 0)
+            return;
+        freeReplyObject(r);
+    }
+}
+
 /* ---- the store the task service writes through ---- */
 
 static int
@@ -289,7 +309,7 @@ store_end_as(struct ts_cluster *cl, struct ts_redis_conn *c, const char *task, u
              const struct ts_event *ev, const char *status, const char *reason, int exit_code,
              int sig)
 {
-    char meta[KEY_MAX], events[KEY_MAX], live[KEY_MAX], queue[KEY_MAX];
+    char meta[KEY_MAX], events[KEY_MAX], live[KEY_MAX];
     char att[16], id[24], code[16], signo[16], retention[24];
     const char *argv[13];
     size_t lens[13];
@@ -329,13 +349,8 @@ store_end_as(struct ts_cluster *cl, struct ts_redis_conn *c, const char *task, u
         return -EPROTO;
     }
     rc = int_of(r->element[0]) == 1 ? 0 : -ESTALE;
-    if (rc == 0 && r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len > 0) {
-        redisReply *ack;
-
-        global_key(cl, queue, "queue");
-        if (ts_redis_call(c, &ack, "XACK %s " GROUP " %s", queue, r->element[1]->str) == 0)
-            freeReplyObject(ack);
-    }
+    if (rc == 0 && r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len > 0)
+        ack_entry(cl, c, r->element[1]->str);
     freeReplyObject(r);
     return rc;
 }
@@ -450,15 +465,13 @@ release(struct ts_cluster *cl, struct ts_redis_conn *c, const char *task, unsign
         return rc;
     rc = int_of(r) == 1 ? 0 : -ESTALE;
     if (rc == 0) {
-        ts_redis_appendf(c, "XADD %s * t %s", queue, task);
-        ts_redis_appendf(c, "XACK %s " GROUP " %s", queue, entry);
-        ts_redis_appendf(c, "PUBLISH %s %s", notify, task);
-        for (int i = 0; i < 3; i++) {
-            redisReply *x;
+        redisReply *x;
 
-            if (ts_redis_reply(c, &x) == 0)
-                freeReplyObject(x);
-        }
+        if (ts_redis_call(c, &x, "XADD %s * t %s", queue, task) == 0)
+            freeReplyObject(x);
+        ack_entry(cl, c, entry);
+        if (ts_redis_call(c, &x, "PUBLISH %s %s", notify, task) == 0)
+            freeReplyObject(x);
     }
     freeReplyObject(r);
     return rc;
@@ -578,23 +591,21 @@ start_here(struct ts_cluster *cl, struct ts_redis_conn *c, const char *task, uns
 static void
 claim(struct ts_cluster *cl, struct ts_redis_conn *c, const char *entry, const char *task)
 {
-    char meta[KEY_MAX], queue[KEY_MAX], lease[24];
+    char meta[KEY_MAX], lease[24];
     const char *argv[4] = {meta, cl->replica, lease, entry};
-    redisReply *r, *ack;
+    redisReply *r;
     unsigned attempt;
 
     if (!ts_is_task_id(task))
         return;
     task_key(cl, meta, task, "meta");
-    global_key(cl, queue, "queue");
     snprintf(lease, sizeof(lease), "%" PRId64, cl->lease_ns / TS_NS_PER_MS);
     if (ts_redis_eval(c, &cl->scripts[S_CLAIM], &r, 1, 4, argv, NULL) != 0)
         return;
     if (!reply_is(r, REDIS_REPLY_ARRAY) || r->elements < 1) {
         log_reply_error(cl, "claim", r);
     } else if (str_is(r->element[0], "gone") || str_is(r->element[0], "done")) {
-        if (ts_redis_call(c, &ack, "XACK %s " GROUP " %s", queue, entry) == 0)
-            freeReplyObject(ack);
+        ack_entry(cl, c, entry);
     } else if (str_is(r->element[0], "claimed") && r->elements == 8) {
         const redisReply *text = r->element[3];
         const char *from = reply_is(r->element[5], REDIS_REPLY_STRING) ? r->element[5]->str : "";

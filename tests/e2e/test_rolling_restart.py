@@ -107,7 +107,7 @@ def check_reader(r, count):
     assert end["status"] == "succeeded", (r.task_id, end)
 
 
-def test_rolling_restart_under_load(cluster, daemon):
+def test_rolling_restart_under_load(cluster, daemon, redis):
     env = {"WORKERS": "4", "GRACEFUL_SHUTDOWN_TIMEOUT": GRACE, "TASK_LEASE": LEASE}
     group = cluster(3, env=env)
     endpoints = Endpoints(group)
@@ -157,6 +157,10 @@ def test_rolling_restart_under_load(cluster, daemon):
         assert len(ends) == 1, (tid, ends)
         t = http("GET", f"{survivor.url}/v1/tasks/{tid}").json()
         assert t["state"] == "succeeded" and t["events"] == int(next(iter(ends))[0]), t
+
+    # Nothing is left in the queue: every entry was acknowledged and deleted.
+    assert redis.command("XLEN", group.prefix + "queue") == 0
+    assert redis.command("XPENDING", group.prefix + "queue", "workers")[0] == 0
 
     handed = sum(d.summary()["handed_off"] for d in group[:3])
     resumed = sum(1 for r in readers for e in r.events if e.type == "resumed")

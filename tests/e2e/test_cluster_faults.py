@@ -1,0 +1,111 @@
+"""Cluster mode when Redis misbehaves (docs/cluster.md, "Failures").
+
+- redis-server frozen (SIGSTOP) under a running ticker: the owner's own
+  readers keep getting ticks (the events wait in its log and are stored
+  when Redis is back, task_events_unstored counts them), a POST answers 503
+  store_unavailable with Retry-After, both replicas stay ready; after
+  SIGCONT a reader on the other replica and the owner's reader end with
+  every tick once and in order.
+- Every client connection killed (CLIENT KILL, commands and subscriptions):
+  the replicas reconnect, subscribe again and backfill; no event is lost or
+  doubled for any reader.
+"""
+
+import threading
+
+import pytest
+
+from cluster import REDIS_SERVER, cluster, have_redis, redis, redis_server, wait_owner  # noqa: F401
+from tshelpers import SSEStream, assert_json_error, check_complete_stream, http, scaled, scrape
+
+pytestmark = pytest.mark.skipif(not have_redis(), reason=f"redis-server not installed at {REDIS_SERVER}")
+
+
+def events_url(d, task_id):
+    return f"{d.url}/v1/tasks/{task_id}/events"
+
+
+class Follower(threading.Thread):
+    """Reads one stream to its end in the background."""
+
+    def __init__(self, url, timeout):
+        super().__init__(daemon=True)
+        self.stream = SSEStream(url, timeout=timeout)
+        self.timeout = timeout
+        self.events = None
+        self.ticks = threading.Semaphore(0)
+
+    def run(self):
+        s = self.stream
+        while True:
+            ev = s.next_event(self.timeout)
+            if ev is None or ev.type == "end":
+                break
+            if ev.type == "tick":
+                self.ticks.release()
+        self.events = s.events()
+        s.close()
+
+    def wait_ticks(self, n, timeout):
+        for _ in range(n):
+            assert self.ticks.acquire(timeout=timeout), "no tick in time"
+
+
+def test_redis_frozen_while_running(cluster, redis):
+    # A lease far longer than the freeze: nobody takes the task over.
+    group = cluster(2, env={"WORKERS": "1", "TASK_LEASE": "30s", "REDIS_TIMEOUT": "300ms"})
+    count = 40
+    t = group[0].submit(count=count, interval_ms=50)
+    owner, _ = wait_owner(group, t["id"])
+    other = group.others(owner)[0]
+    local = Follower(events_url(owner, t["id"]), scaled(30))
+    remote = Follower(events_url(other, t["id"]), scaled(30))
+    assert local.stream.status == 200 and remote.stream.status == 200
+    local.start()
+    remote.start()
+    local.wait_ticks(3, scaled(5))
+
+    redis.pause()
+    try:
+        # The owner's reader goes on while Redis is away.
+        local.wait_ticks(8, scaled(10))
+        unstored = scrape(owner).value("task_events_unstored")
+        assert unstored > 0, unstored
+        r = http("POST", f"{other.url}/v1/tasks", {"kind": "ticker", "count": 1})
+        assert_json_error(r, 503, "store_unavailable")
+        assert r.headers.get("Retry-After"), r.headers
+        assert owner.readyz() == 200 and other.readyz() == 200
+    finally:
+        redis.resume()
+
+    local.join(scaled(30))
+    remote.join(scaled(30))
+    assert local.events is not None and remote.events is not None
+    check_complete_stream(local.events, count)
+    check_complete_stream(remote.events, count)
+    assert scrape(owner).value("task_events_unstored") == 0
+    done = other.wait_task(t["id"])
+    assert done["state"] == "succeeded" and done["attempt"] == 1, done
+
+
+def test_redis_kills_every_connection(cluster, redis):
+    group = cluster(3, env={"WORKERS": "2"})
+    count = 30
+    tasks = [group[i % 3].submit(count=count, interval_ms=50) for i in range(3)]
+    followers = [Follower(events_url(d, t["id"]), scaled(30)) for t in tasks for d in group]
+    for f in followers:
+        assert f.stream.status == 200
+        f.start()
+    followers[0].wait_ticks(5, scaled(5))
+    for kind in ("normal", "pubsub"):
+        redis.command("CLIENT", "KILL", "TYPE", kind)
+    followers[0].wait_ticks(5, scaled(10))
+    redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+    for f in followers:
+        f.join(scaled(30))
+        assert f.events is not None, "a reader did not get its end"
+        check_complete_stream(f.events, count)
+    for t in tasks:
+        done = group[0].wait_task(t["id"])
+        assert done["state"] == "succeeded", done
+    assert sum(scrape(d).value("redis_connects_total") for d in group) > 3 * 3
