@@ -48,6 +48,7 @@
 
 static const char append_lua[] =
     "local m = redis.call('HMGET', KEYS[1], 'owner', 'attempt', 'top', 'state')\n"
+    "if not m[4] then return -1 end\n"
     "if m[1] ~= ARGV[1] or m[2] ~= ARGV[2] or m[4] ~= 'running' then return 0 end\n"
     "local id, top = tonumber(ARGV[3]), tonumber(m[3])\n"
     "if id <= top then return 1 end\n"
@@ -60,6 +61,7 @@ static const char append_lua[] =
 
 static const char end_lua[] =
     "local m = redis.call('HMGET', KEYS[1], 'owner', 'attempt', 'top', 'state', 'entry')\n"
+    "if not m[4] then return {-1, ''} end\n"
     "if m[1] ~= ARGV[1] or m[2] ~= ARGV[2] then return {0, ''} end\n"
     "if m[4] ~= 'running' then return {1, m[5] or ''} end\n"
     "local id = tonumber(ARGV[3])\n"
@@ -94,6 +96,7 @@ static const char claim_lua[] =
 
 static const char renew_lua[] =
     "local m = redis.call('HMGET', KEYS[1], 'owner', 'attempt', 'state', 'cancel')\n"
+    "if not m[3] then return -1 end\n"
     "if m[1] ~= ARGV[1] or m[2] ~= ARGV[2] or m[3] ~= 'running' then return 0 end\n"
     "local t = redis.call('TIME')\n"
     "redis.call('HSET', KEYS[1], 'lease', t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[3])\n"
@@ -127,7 +130,17 @@ static const char cancel_lua[] =
     "redis.call('PEXPIRE', KEYS[2], ARGV[3])\n"
     "return {'cancelled'}\n";
 
-enum { S_APPEND, S_END, S_CLAIM, S_RENEW, S_RELEASE, S_CANCEL, S_COUNT };
+/* Put back a running task that Redis lost (a restart without its data). */
+static const char restore_lua[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+    "local t = redis.call('TIME')\n"
+    "redis.call('HSET', KEYS[1], 'kind', ARGV[1], 'body', ARGV[2], 'state', 'running',\n"
+    "  'owner', ARGV[3], 'attempt', ARGV[4], 'top', ARGV[5], 'entry', ARGV[7],\n"
+    "  'lease', t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[6]),\n"
+    "  'created', ARGV[8], 'started', ARGV[9])\n"
+    "return 1\n";
+
+enum { S_APPEND, S_END, S_CLAIM, S_RENEW, S_RELEASE, S_CANCEL, S_RESTORE, S_COUNT };
 
 /* ---- state ---- */
 
@@ -160,6 +173,9 @@ struct ts_cluster {
     pthread_cond_t synced_cv; /* a follow is synced */
     /* Guarded by mu: */
     bool stopping, quiesced, wake_claimer;
+    char epoch[33];         /* Redis' data as first seen here; claimer thread */
+    int64_t lost_data_ns;   /* when Redis was seen to have lost its data; claimer */
+    bool restore_pending;   /* the tasks running here are not all back yet; claimer */
     struct follow *follows; /* uthash by id */
     bool follows_changed;   /* a follow is new or ended: the subscriber has work */
 
@@ -292,8 +308,10 @@ store_append(void *arg, struct ts_task *t, const struct ts_event *ev, const char
     ts_redis_put(cl->redis, c);
     if (rc != 0)
         return rc;
+    /* -1: Redis lost the task (restarted without its data): like Redis
+     * being away, the event waits here until the claimer puts it back. */
     if (reply_is(r, REDIS_REPLY_INTEGER))
-        rc = r->integer == 1 ? 0 : -ESTALE;
+        rc = r->integer == 1 ? 0 : r->integer == -1 ? -EIO : -ESTALE;
     else {
         log_reply_error(cl, "append", r);
         rc = -EPROTO;
@@ -348,7 +366,7 @@ store_end_as(struct ts_cluster *cl, struct ts_redis_conn *c, const char *task, u
         freeReplyObject(r);
         return -EPROTO;
     }
-    rc = int_of(r->element[0]) == 1 ? 0 : -ESTALE;
+    rc = int_of(r->element[0]) == 1 ? 0 : int_of(r->element[0]) == -1 ? -EIO : -ESTALE;
     if (rc == 0 && r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len > 0)
         ack_entry(cl, c, r->element[1]->str);
     freeReplyObject(r);
@@ -760,6 +778,196 @@ janitor(struct ts_cluster *cl, struct ts_redis_conn *c)
     }
 }
 
+/*
+ * Redis' data has an epoch: a random value set once (SET NX) by the first
+ * replica to connect. A different or missing value later means Redis lost
+ * everything (a restart without persistence, a flush): returns true once
+ * for each such loss. Claimer thread.
+ */
+static bool
+check_epoch(struct ts_cluster *cl, struct ts_redis_conn *c)
+{
+    char key[KEY_MAX], mine[33];
+    redisReply *r;
+    bool lost = false;
+
+    global_key(cl, key, "epoch");
+    if (ts_random_id(mine) != 0 || ts_redis_appendf(c, "SET %s %s NX", key, mine) != 0 ||
+        ts_redis_appendf(c, "GET %s", key) != 0)
+        return false;
+    if (ts_redis_reply(c, &r) != 0)
+        return false;
+    freeReplyObject(r);
+    if (ts_redis_reply(c, &r) != 0)
+        return false;
+    if (reply_is(r, REDIS_REPLY_STRING) && r->len == 32) {
+        if (cl->epoch[0] != '\0' && strcmp(cl->epoch, r->str) != 0) {
+            lost = true;
+            cl->lost_data_ns = ts_clock_now_ns(&cl->clock);
+            cl->restore_pending = true;
+            ts_log(cl->log, TS_LOG_ERROR,
+                   "redis lost its data: putting back the tasks running here; tasks queued or "
+                   "running elsewhere are gone",
+                   TS_F_END);
+        }
+        memcpy(cl->epoch, r->str, 33);
+    }
+    freeReplyObject(r);
+    return lost;
+}
+
+/* Put one running task back: its meta (owner, attempt and the last stored
+ * id as they are here), a queue entry pending for this replica (so the
+ * janitors still watch its lease), its place in the list, and the events
+ * this replica's log still has, so that readers elsewhere miss only what it
+ * no longer holds (they get a gap for that). */
+static int
+restore_task(struct ts_cluster *cl, struct ts_redis_conn *c, struct ts_task *t, unsigned attempt)
+{
+    char meta[KEY_MAX], events[KEY_MAX], queue[KEY_MAX], tasks[KEY_MAX];
+    char att[16], top[24], lease[24], created[24], started[24], entry[64];
+    const char *id = ts_task_get_id(t);
+    int64_t created_ms, started_ms;
+    struct ts_event *evs[64];
+    json_t *body = NULL;
+    const char *kind;
+    redisReply *r;
+    char *text;
+    uint64_t last, from = 1;
+    int rc;
+
+    last = ts_task_stored_last(t, &body, &created_ms, &started_ms);
+    kind = json_string_value(json_object_get(body, "kind"));
+    text = kind != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (text == NULL)
+        return -ENOMEM;
+    task_key(cl, meta, id, "meta");
+    task_key(cl, events, id, "events");
+    global_key(cl, queue, "queue");
+    global_key(cl, tasks, "tasks");
+    rc = ts_redis_call(c, &r, "XADD %s * t %s", queue, id);
+    if (rc == 0) {
+        rc = reply_is(r, REDIS_REPLY_STRING) && r->len < sizeof(entry) ? 0 : -EPROTO;
+        if (rc == 0)
+            memcpy(entry, r->str, r->len + 1);
+        freeReplyObject(r);
+    }
+    if (rc == 0) {
+        const char *argv[10] = {meta, kind,  text,  cl->replica, att,
+                                top,  lease, entry, created,     started};
+
+        snprintf(att, sizeof(att), "%u", attempt);
+        snprintf(top, sizeof(top), "%" PRIu64, last);
+        snprintf(lease, sizeof(lease), "%" PRId64, cl->lease_ns / TS_NS_PER_MS);
+        snprintf(created, sizeof(created), "%" PRId64, created_ms);
+        snprintf(started, sizeof(started), "%" PRId64, started_ms);
+        rc = ts_redis_eval(c, &cl->scripts[S_RESTORE], &r, 1, 10, argv, NULL);
+        if (rc == 0 && int_of(r) != 1) {
+            /* Already back (a round before this one got that far): the
+             * entry just added is one too many. */
+            redisReply *d;
+
+            if (ts_redis_call(c, &d, "XDEL %s %s", queue, entry) == 0)
+                freeReplyObject(d);
+            freeReplyObject(r);
+            free(text);
+            return 0;
+        }
+        if (rc == 0)
+            freeReplyObject(r);
+    }
+    free(text);
+    if (rc != 0)
+        return rc;
+    /* FORCE: the entry becomes this replica's pending one without a read. */
+    if (ts_redis_call(c, &r, "XCLAIM %s " GROUP " %s 0 %s FORCE JUSTID", queue, cl->replica,
+                      entry) == 0)
+        freeReplyObject(r);
+    if (ts_redis_call(c, &r, "ZADD %s %" PRId64 " %s", tasks, created_ms, id) == 0)
+        freeReplyObject(r);
+    for (;;) {
+        size_t n = ts_task_events(t, from, last, evs, TS_ARRAY_SIZE(evs));
+
+        if (n == 0)
+            break;
+        for (size_t i = 0; i < n; i++) {
+            char eid[32];
+
+            snprintf(eid, sizeof(eid), "%" PRIu64 "-0", evs[i]->id);
+            rc = ts_redis_appendf(c, "XADD %s MAXLEN %s %s f %b", events, cl->maxlen, eid,
+                                  evs[i]->frame, evs[i]->len);
+            from = evs[i]->id + 1;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (rc == 0 && ts_redis_reply(c, &r) == 0)
+                freeReplyObject(r);
+            ts_event_unref(evs[i]);
+        }
+        if (rc != 0)
+            return rc;
+    }
+    ts_log(cl->log, TS_LOG_WARN, "task put back into redis", TS_F_STR("task_id", id),
+           TS_F_UINT("last_event", last), TS_F_END);
+    return 0;
+}
+
+/* Every task running here, until all are back. */
+static void
+restore_owned(struct ts_cluster *cl, struct ts_redis_conn *c)
+{
+    struct ts_task *tasks[RUNNING_MAX];
+    unsigned attempts[RUNNING_MAX];
+    size_t n = ts_task_service_running(cl->tasks, tasks, attempts, RUNNING_MAX);
+    bool done = true;
+
+    for (size_t i = 0; i < n; i++) {
+        if (done && restore_task(cl, c, tasks[i], attempts[i]) != 0)
+            done = false;
+        ts_task_unref(tasks[i]);
+    }
+    if (done)
+        cl->restore_pending = false;
+}
+
+static void mark_ended(struct ts_cluster *cl, const char *id);
+
+/* A lease after Redis lost its data, every owner that survived has put its
+ * tasks back: a followed task still missing is gone, and its streams here
+ * end (a reconnecting client gets 404) rather than wait forever. */
+static void
+forget_lost_follows(struct ts_cluster *cl, struct ts_redis_conn *c)
+{
+    char ids[256][33];
+    size_t n = 0;
+    struct follow *f, *tmp;
+
+    cl->lost_data_ns = 0;
+    pthread_mutex_lock(&cl->mu);
+    HASH_ITER(hh, cl->follows, f, tmp) {
+        if (n < TS_ARRAY_SIZE(ids) && !f->ended)
+            memcpy(ids[n++], f->id, 33);
+    }
+    pthread_mutex_unlock(&cl->mu);
+    for (size_t i = 0; i < n; i++) {
+        char meta[KEY_MAX];
+        redisReply *r;
+        struct ts_task *t;
+
+        task_key(cl, meta, ids[i], "meta");
+        if (ts_redis_call(c, &r, "EXISTS %s", meta) != 0)
+            return;
+        if (int_of(r) == 0 && (t = ts_task_find(cl->tasks, ids[i])) != NULL) {
+            ts_task_mirror_detach(t);
+            ts_task_unref(t);
+            mark_ended(cl, ids[i]);
+            ts_log(cl->log, TS_LOG_WARN, "task lost with redis' data", TS_F_STR("task_id", ids[i]),
+                   TS_F_END);
+        }
+        freeReplyObject(r);
+    }
+}
+
 static void *
 claimer_main(void *arg)
 {
@@ -782,16 +990,23 @@ claimer_main(void *arg)
         }
         cl->wake_claimer = false;
         pthread_mutex_unlock(&cl->mu);
+        if (check_epoch(cl, c))
+            grouped = false; /* the group went with the data */
         if (!grouped && ts_redis_call(c, &r, "XGROUP CREATE %s " GROUP " 0 MKSTREAM", queue) == 0) {
             grouped = true; /* BUSYGROUP: another replica made it */
             freeReplyObject(r);
         }
+        if (grouped && cl->restore_pending)
+            restore_owned(cl, c);
         if (grouped)
             claim_new(cl, c);
         if (round) {
             renew(cl, c);
             if (grouped)
                 janitor(cl, c);
+            if (cl->lost_data_ns != 0 &&
+                ts_clock_now_ns(&cl->clock) - cl->lost_data_ns >= cl->lease_ns)
+                forget_lost_follows(cl, c);
             next = ts_clock_now_ns(&cl->clock) + tick;
         }
         pthread_mutex_lock(&cl->mu);
@@ -1016,8 +1231,10 @@ subscriber_main(void *arg)
         if (!ts_redis_conn_connected(sub)) {
             /* A new connection has no subscriptions: all again, and every
              * follow is backfilled again from where its log is. */
-            if (ts_redis_conn_ensure(sub) == 0 && subscribe_base(cl, sub) == 0)
+            if (ts_redis_conn_ensure(sub) == 0 && subscribe_base(cl, sub) == 0) {
                 rc = sync_follows(cl, sub, true);
+                store_worker_free(cl); /* the claimer looks at Redis' epoch now */
+            }
             if (!ts_redis_conn_connected(sub) || rc != 0) {
                 poll(fds, 1, 250); /* the client's back-off decides when to try */
                 if (fds[0].revents & POLLIN)
@@ -1483,12 +1700,14 @@ int
 ts_cluster_new(struct ts_cluster **out, const struct ts_cluster_config *cfg)
 {
     static const char *const sources[S_COUNT] = {
-        [S_APPEND] = append_lua, [S_END] = end_lua,         [S_CLAIM] = claim_lua,
-        [S_RENEW] = renew_lua,   [S_RELEASE] = release_lua, [S_CANCEL] = cancel_lua,
+        [S_APPEND] = append_lua,   [S_END] = end_lua,         [S_CLAIM] = claim_lua,
+        [S_RENEW] = renew_lua,     [S_RELEASE] = release_lua, [S_CANCEL] = cancel_lua,
+        [S_RESTORE] = restore_lua,
     };
     static const char *const names[S_COUNT] = {
-        [S_APPEND] = "append", [S_END] = "end",         [S_CLAIM] = "claim",
-        [S_RENEW] = "renew",   [S_RELEASE] = "release", [S_CANCEL] = "cancel",
+        [S_APPEND] = "append",   [S_END] = "end",         [S_CLAIM] = "claim",
+        [S_RENEW] = "renew",     [S_RELEASE] = "release", [S_CANCEL] = "cancel",
+        [S_RESTORE] = "restore",
     };
     struct ts_redis_config rcfg;
     struct ts_task_store store;

@@ -489,22 +489,29 @@ owe(struct ts_redis_conn *c)
         c->sent_ns = now_ns();
 }
 
+static int
+vappend(struct ts_redis_conn *c, const char *fmt, va_list ap)
+{
+    int rc = ts_redis_conn_ensure(c);
+
+    if (rc != 0)
+        return rc;
+    if (redisvAppendCommand(c->ctx, fmt, ap) != REDIS_OK)
+        return -ENOMEM;
+    owe(c);
+    return 0;
+}
+
 int
 ts_redis_appendf(struct ts_redis_conn *c, const char *fmt, ...)
 {
     va_list ap;
     int rc;
 
-    rc = ts_redis_conn_ensure(c);
-    if (rc != 0)
-        return rc;
     va_start(ap, fmt);
-    rc = redisvAppendCommand(c->ctx, fmt, ap);
+    rc = vappend(c, fmt, ap);
     va_end(ap);
-    if (rc != REDIS_OK)
-        return -ENOMEM;
-    owe(c);
-    return 0;
+    return rc;
 }
 
 int
@@ -546,16 +553,10 @@ ts_redis_call(struct ts_redis_conn *c, redisReply **out, const char *fmt, ...)
     int rc;
 
     *out = NULL;
-    rc = ts_redis_conn_ensure(c);
-    if (rc != 0)
-        return rc;
     va_start(ap, fmt);
-    rc = redisvAppendCommand(c->ctx, fmt, ap);
+    rc = vappend(c, fmt, ap);
     va_end(ap);
-    if (rc != REDIS_OK)
-        return -ENOMEM;
-    owe(c);
-    return ts_redis_reply(c, out);
+    return rc == 0 ? ts_redis_reply(c, out) : rc;
 }
 
 /* EVALSHA sha numkeys argv...: argv form, as keys and args are binary. */

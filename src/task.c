@@ -300,6 +300,8 @@ out_free:
     return err;
 }
 
+static void drop_unstored(struct ts_task *t);
+
 struct ts_task *
 ts_task_ref(struct ts_task *t)
 {
@@ -323,12 +325,7 @@ ts_task_unref(struct ts_task *t)
     json_decref(t->checkpoint_in);
     free(t->checkpoint_out);
     free(t->resumed);
-    for (size_t i = 0; i < t->nunstored; i++) {
-        ts_event_unref(t->unstored[i].ev);
-        free(t->unstored[i].checkpoint);
-    }
-    if (t->nunstored > 0)
-        atomic_fetch_sub(t->unstored_total, t->nunstored);
+    drop_unstored(t);
     free(t->unstored);
     free(t->reason);
     free(t);
@@ -1310,9 +1307,19 @@ ts_task_adopt(struct ts_task_service *svc, struct ts_task *t, const json_t *body
         rc = -EALREADY;
     } else {
         /* Written before any worker can see the task (it is queued under
-         * svc->mu below), read by that worker after. */
+         * svc->mu below), read by that worker after. A copy that ran here
+         * before (given up, handed off) starts clean: its run() returned
+         * before it became a mirror. */
         t->mirror = false;
         t->lost = false;
+        t->handoff = false;
+        t->handed_off = false;
+        t->returned = false;
+        atomic_store(&t->cancel, false);
+        t->cancel_reason[0] = '\0';
+        free(t->checkpoint_out);
+        t->checkpoint_out = NULL;
+        drop_unstored(t);
         t->kind = entry->kind;
         t->entry = entry;
         json_decref(t->params);
@@ -1403,6 +1410,16 @@ ts_task_service_hand_off(struct ts_task_service *svc)
     return n;
 }
 
+/* Its streams here end once they have sent what it holds. Task lock held. */
+static void
+detach_locked(struct ts_task *t)
+{
+    if (t->mirror && t->state != TS_TASK_DONE && !t->handed_off) {
+        t->handed_off = true;
+        wake_waiters_locked(t);
+    }
+}
+
 void
 ts_task_service_detach_mirrors(struct ts_task_service *svc)
 {
@@ -1411,13 +1428,51 @@ ts_task_service_detach_mirrors(struct ts_task_service *svc)
     pthread_mutex_lock(&svc->mu);
     DL_FOREACH2(svc->newest, t, older) {
         pthread_mutex_lock(&t->mu);
-        if (t->mirror && t->state != TS_TASK_DONE && !t->handed_off) {
-            t->handed_off = true;
-            wake_waiters_locked(t);
-        }
+        detach_locked(t);
         pthread_mutex_unlock(&t->mu);
     }
     pthread_mutex_unlock(&svc->mu);
+}
+
+uint64_t
+ts_task_stored_last(struct ts_task *t, json_t **body, int64_t *created_ms, int64_t *started_ms)
+{
+    uint64_t last;
+
+    pthread_mutex_lock(&t->mu);
+    last = t->log.next_id - 1 - t->nunstored;
+    *body = json_incref(t->params);
+    *created_ms = t->created_wall_ns / TS_NS_PER_MS;
+    *started_ms = t->started_wall_ns / TS_NS_PER_MS;
+    pthread_mutex_unlock(&t->mu);
+    return last;
+}
+
+size_t
+ts_task_events(struct ts_task *t, uint64_t from, uint64_t to, struct ts_event **out, size_t max)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&t->mu);
+    if (from < ts_event_log_first_id(&t->log))
+        from = ts_event_log_first_id(&t->log);
+    for (uint64_t id = from; id <= to && n < max; id++) {
+        struct ts_event *ev = ts_event_log_get(&t->log, id);
+
+        if (ev == NULL)
+            break;
+        out[n++] = ts_event_ref(ev);
+    }
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+void
+ts_task_mirror_detach(struct ts_task *t)
+{
+    pthread_mutex_lock(&t->mu);
+    detach_locked(t);
+    pthread_mutex_unlock(&t->mu);
 }
 
 bool
@@ -1765,6 +1820,19 @@ store_unavailable(int err)
     return err == -ENOTCONN || err == -EIO || err == -ETIMEDOUT;
 }
 
+/* Forget the events kept for the store (they are another attempt's). */
+static void
+drop_unstored(struct ts_task *t)
+{
+    for (size_t i = 0; i < t->nunstored; i++) {
+        ts_event_unref(t->unstored[i].ev);
+        free(t->unstored[i].checkpoint);
+    }
+    if (t->nunstored > 0)
+        atomic_fetch_sub(t->unstored_total, t->nunstored);
+    t->nunstored = 0;
+}
+
 /* Store the events kept while the store was unavailable, oldest first. 0
  * when none is left; the first error otherwise (-ESTALE: the task is not
  * ours any more). Worker thread. */
@@ -1786,7 +1854,9 @@ flush_unstored(struct ts_task *t)
     }
     if (done > 0) {
         memmove(t->unstored, t->unstored + done, (t->nunstored - done) * sizeof(*t->unstored));
+        pthread_mutex_lock(&t->mu); /* the count is read by ts_task_stored_last() */
         t->nunstored -= done;
+        pthread_mutex_unlock(&t->mu);
         atomic_fetch_sub(t->unstored_total, done);
     }
     return err;
@@ -1813,7 +1883,9 @@ keep_unstored(struct ts_task *t, struct ts_event *ev, char **checkpoint)
     t->unstored[t->nunstored].ev = ts_event_ref(ev);
     t->unstored[t->nunstored].checkpoint = *checkpoint;
     *checkpoint = NULL;
+    pthread_mutex_lock(&t->mu);
     t->nunstored++;
+    pthread_mutex_unlock(&t->mu);
     atomic_fetch_add(t->unstored_total, 1);
     return 0;
 }

@@ -230,6 +230,23 @@ uint64_t ts_task_service_hand_off(struct ts_task_service *svc);
  * bound. */
 void ts_task_service_detach_mirrors(struct ts_task_service *svc);
 
+/* For putting a running task back into a store that lost it (Redis
+ * restarted without its data): the id of its last stored event, its
+ * request body (a new reference), its creation and start (ms since the
+ * epoch). */
+uint64_t ts_task_stored_last(struct ts_task *t, json_t **body, int64_t *created_ms,
+                             int64_t *started_ms);
+
+/* New references to the events of `t`'s log with ids from..to that it
+ * still holds, in order, at most `max`. Returns how many. */
+size_t ts_task_events(struct ts_task *t, uint64_t from, uint64_t to, struct ts_event **out,
+                      size_t max);
+
+/* A mirror whose task the store no longer has: its streams here end once
+ * they have sent what it holds (a reconnecting client then learns the task
+ * is gone). */
+void ts_task_mirror_detach(struct ts_task *t);
+
 /* A task handed off from here: its streams here end once they have sent
  * what the log holds (the client resumes elsewhere). Task lock held. */
 bool ts_task_handed_off_locked(const struct ts_task *t);

@@ -109,3 +109,39 @@ def test_redis_kills_every_connection(cluster, redis):
         done = group[0].wait_task(t["id"])
         assert done["state"] == "succeeded", done
     assert sum(scrape(d).value("redis_connects_total") for d in group) > 3 * 3
+
+
+def test_redis_restarted_without_its_data(cluster, redis):
+    """redis-server restarted empty under a running ticker: the owner sees
+    the new epoch and puts the task back (meta, queue entry, the events its
+    log holds); its events wait meanwhile; readers on both replicas end with
+    every tick once. A task that had finished is gone (404), and says so."""
+    group = cluster(2, env={"WORKERS": "1", "TASK_LEASE": "2s"})
+    finished = group[0].submit(count=1, interval_ms=10)
+    group[0].wait_task(finished["id"])
+    count = 40
+    t = group[0].submit(count=count, interval_ms=50)
+    owner, _ = wait_owner(group, t["id"])
+    other = group.others(owner)[0]
+    local = Follower(events_url(owner, t["id"]), scaled(30))
+    remote = Follower(events_url(other, t["id"]), scaled(30))
+    assert local.stream.status == 200 and remote.stream.status == 200
+    local.start()
+    remote.start()
+    remote.wait_ticks(5, scaled(5))
+    redis.restart()
+    local.join(scaled(30))
+    remote.join(scaled(30))
+    assert local.events is not None and remote.events is not None
+    check_complete_stream(local.events, count)
+    check_complete_stream(remote.events, count)
+    owner.wait_log("task put back into redis", task_id=t["id"])
+    owner.expect_error("redis lost its data")
+    other.expect_error("redis lost its data")
+    done = other.wait_task(t["id"])
+    assert done["state"] == "succeeded" and done["replica"] == owner.replica_id, done
+    # The replay from Redis is the stream the readers saw.
+    with SSEStream(events_url(other, t["id"]), timeout=scaled(10)) as again:
+        check_complete_stream(again.read_all(scaled(10)), count)
+    for d in group:
+        assert http("GET", f"{d.url}/v1/tasks/{finished['id']}").status == 404
