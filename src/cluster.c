@@ -15,6 +15,7 @@
  *   Pqueue        stream of task ids, consumer group "workers"
  *   Pnotify       channel: a task was queued
  *   Pctl:<replica> channel: "cancel <id>" for the tasks a replica runs
+ *   Pepoch        a random value set once: a new one means Redis lost its data
  *
  * Every change to a task's meta is one of the scripts below, and every
  * script that changes a running task checks owner and attempt first: a
