@@ -344,7 +344,8 @@ get_events(void *app, struct ts_http_request *req, const char *id)
         lei = ts_http_query(req, "last_event_id");
     has_last_id = lei != NULL && ts_parse_last_event_id(lei, &last_id) == 0;
 
-    ts_sse_open(srv->sse, req, task, has_last_id, last_id);
+    if (!ts_sse_open(srv->sse, req, task, has_last_id, last_id) && srv->cluster != NULL)
+        ts_cluster_unfollow(srv->cluster, id); /* answered 204: no stream to close */
     ts_task_unref(task);
 }
 

@@ -152,7 +152,8 @@ struct follow {
     char id[33];
     struct ts_task *task; /* a reference */
     enum follow_state state;
-    bool ended; /* its end went by: unsubscribe and forget */
+    unsigned readers; /* streams here that ts_cluster_follow() handed it to */
+    bool ended;       /* its end went by, or its last reader left: unsubscribe, forget */
     UT_hash_handle hh;
 };
 
@@ -1185,6 +1186,9 @@ sync_follows(struct ts_cluster *cl, struct ts_redis_conn *sub, bool all)
     while (gone != NULL) {
         f = gone;
         gone = f->hh.next;
+        /* Its last reader left before its end: nothing keeps the cache up
+         * to date any more, so it goes (a new reader makes another). */
+        ts_task_forget_mirror(cl->tasks, f->task);
         ts_task_unref(f->task);
         free(f);
     }
@@ -1338,6 +1342,11 @@ ts_cluster_follow(struct ts_cluster *cl, const char *id, struct ts_task **out)
         cl->follows_changed = true;
         wake_subscriber(cl);
     }
+    /* A reader coming just as the last one left keeps the subscription. */
+    if (f->ended && !ended) {
+        f->ended = false;
+    }
+    f->readers++;
     /* Single flight: the first reader's follow is everyone's; each waits
      * for its backfill, or its end (then it is gone and the log whole). */
     deadline = ts_clock_now_ns(&cl->clock) + 2 * cl->timeout_ns;
@@ -1353,11 +1362,30 @@ ts_cluster_follow(struct ts_cluster *cl, const char *id, struct ts_task **out)
 out_unlock:
     pthread_mutex_unlock(&cl->mu);
     if (rc != 0) {
+        if (rc != -ENOMEM)
+            ts_cluster_unfollow(cl, id);
         ts_task_unref(t);
         return rc;
     }
     *out = t;
     return 0;
+}
+
+void
+ts_cluster_unfollow(struct ts_cluster *cl, const char *id)
+{
+    struct follow *f;
+
+    pthread_mutex_lock(&cl->mu);
+    HASH_FIND_STR(cl->follows, id, f);
+    if (f != NULL && f->readers > 0 && --f->readers == 0 && !f->ended) {
+        /* Redis' cost follows this replica's readers: none, no subscription
+         * (the mirror keeps its log; a new reader backfills from there). */
+        f->ended = true;
+        cl->follows_changed = true;
+        wake_subscriber(cl);
+    }
+    pthread_mutex_unlock(&cl->mu);
 }
 
 /* A meta hash (HGETALL's flat array) as task JSON. */

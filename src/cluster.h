@@ -85,4 +85,9 @@ int ts_cluster_cancel(struct ts_cluster *cl, const char *id, json_t **out);
  * backfill. */
 int ts_cluster_follow(struct ts_cluster *cl, const char *id, struct ts_task **out);
 
+/* A reader that ts_cluster_follow() served is gone (its stream closed, or
+ * it was answered without one). With no reader left here, the task's
+ * subscription goes. Never blocks. */
+void ts_cluster_unfollow(struct ts_cluster *cl, const char *id);
+
 #endif

@@ -134,6 +134,15 @@ register_metrics(struct ts_server *srv)
                                draining_gauge, srv);
 }
 
+/* Cluster mode: a stream's close is its follow's lost reader. */
+static void
+stream_closed(void *arg, struct ts_task *task)
+{
+    struct ts_server *srv = arg;
+
+    ts_cluster_unfollow(srv->cluster, ts_task_get_id(task));
+}
+
 int
 ts_server_new(struct ts_server **out, const struct ts_config *cfg, struct ts_coordinator *coord,
               struct ts_log *log)
@@ -232,6 +241,8 @@ ts_server_new_with_clock(struct ts_server **out, const struct ts_config *cfg,
         .log = log,
         .heartbeat_ns = cfg->sse_heartbeat_interval_ms * TS_NS_PER_MS,
         .retry_ms = (unsigned)cfg->sse_retry_ms,
+        .stream_closed = srv->cluster != NULL ? stream_closed : NULL,
+        .hook_arg = srv,
     };
     err = ts_sse_new(&srv->sse, &scfg);
     if (err != 0)

@@ -451,6 +451,8 @@ closed(void *ctx)
 
     DL_DELETE(s->g->streams, s);
     ts_event_unref(s->gap);
+    if (sse->cfg.stream_closed != NULL)
+        sse->cfg.stream_closed(sse->cfg.hook_arg, s->g->key.task);
     group_put(s->g);
     free(s);
     if (atomic_fetch_sub(&sse->active, 1) == 1) {
@@ -466,7 +468,7 @@ static const struct ts_http_stream_ops stream_ops = {
     .unref = unref_piece,
 };
 
-void
+bool
 ts_sse_open(struct ts_sse *sse, struct ts_http_request *req, struct ts_task *task, bool has_last_id,
             uint64_t last_id)
 {
@@ -478,7 +480,7 @@ ts_sse_open(struct ts_sse *sse, struct ts_http_request *req, struct ts_task *tas
 
     s = calloc(1, sizeof(*s));
     if (s == NULL)
-        return;
+        return false;
     ts_task_lock(task);
     log = ts_task_log_locked(task);
     first = ts_event_log_first_id(log);
@@ -488,7 +490,7 @@ ts_sse_open(struct ts_sse *sse, struct ts_http_request *req, struct ts_task *tas
         ts_task_unlock(task);
         free(s);
         ts_http_reply(req, 204, NULL, NULL, 0);
-        return;
+        return false;
     }
     /* An id from the future (another task, another server) is not ours:
      * replay from the oldest event as for a client without an id. */
@@ -506,7 +508,7 @@ ts_sse_open(struct ts_sse *sse, struct ts_http_request *req, struct ts_task *tas
     if (g == NULL) {
         ts_event_unref(s->gap);
         free(s);
-        return;
+        return false;
     }
     s->g = g;
     DL_APPEND(g->streams, s);
@@ -517,4 +519,5 @@ ts_sse_open(struct ts_sse *sse, struct ts_http_request *req, struct ts_task *tas
     st = ts_http_reply_stream(req, &stream_ops, s);
     if (st != NULL) /* NULL: closed() has run (a HEAD request, or out of memory) */
         s->st = st;
+    return true;
 }

@@ -24,6 +24,10 @@ struct ts_sse_config {
     struct ts_log *log;
     int64_t heartbeat_ns;
     unsigned retry_ms;
+    /* Optional, called on the loop thread when a stream opened by
+     * ts_sse_open() closes (cluster mode: its follow loses a reader). */
+    void (*stream_closed)(void *arg, struct ts_task *task);
+    void *hook_arg;
 };
 
 /* Registers sse_* metrics and subscribes to the drain view (to send each
@@ -36,9 +40,10 @@ void ts_sse_free(struct ts_sse *sse);
  * Last-Event-ID (has_last_id false: none or unparsable). 204 when the client
  * has already seen the task's "end" (it stops EventSource from
  * reconnecting), else the stream, holding a task reference until it ends.
- * The handler's loop thread.
+ * The handler's loop thread. True when a stream was opened (its close is
+ * reported to stream_closed), false when the request was answered otherwise.
  */
-void ts_sse_open(struct ts_sse *sse, struct ts_http_request *req, struct ts_task *task,
+bool ts_sse_open(struct ts_sse *sse, struct ts_http_request *req, struct ts_task *task,
                  bool has_last_id, uint64_t last_id);
 
 /* How long a stream may stay silent before it writes a heartbeat comment:

@@ -103,9 +103,10 @@ struct ts_task {
     char cancel_reason[CANCEL_REASON_MAX]; /* once `cancel` is set; written under svc->mu too */
     int cancel_fd;                         /* eventfd, -1 until ts_task_cancel_fd() asks */
     struct ts_event_log log;
-    size_t counted;                    /* of log.bytes, what log_bytes includes */
-    atomic_size_t *log_bytes;          /* the service's; appends stop before it goes */
-    uint64_t end_id;                   /* 0 until done (or if appending "end" ran out of memory) */
+    size_t counted;           /* of log.bytes, what log_bytes includes */
+    atomic_size_t *log_bytes; /* the service's (own_bytes once forgotten) */
+    atomic_size_t own_bytes;  /* a forgotten mirror's count: the service's is not its any more */
+    uint64_t end_id;          /* 0 until done (or if appending "end" ran out of memory) */
     struct ts_task_waiter *waiters;    /* utlist of readers */
     bool returned;                     /* run() has returned */
     bool orphaned;                     /* the service is gone: its worker must not reach it */
@@ -1206,7 +1207,8 @@ ts_task_mirror_push(struct ts_task_service *svc, struct ts_task *t, struct ts_ev
             t->end_id = t->log.next_id - 1;
             t->finished_wall_ns = ts_clock_wall_ns(&svc->clock);
             t->finished_ns = ts_clock_now_ns(&svc->clock);
-            svc->finished_bytes += t->counted;
+            if (t->hh.tbl != NULL) /* registered (not forgotten) */
+                svc->finished_bytes += t->counted;
         }
         wake_waiters_locked(t);
     }
@@ -1465,6 +1467,28 @@ ts_task_events(struct ts_task *t, uint64_t from, uint64_t to, struct ts_event **
     }
     pthread_mutex_unlock(&t->mu);
     return n;
+}
+
+void
+ts_task_forget_mirror(struct ts_task_service *svc, struct ts_task *t)
+{
+    bool forget;
+
+    pthread_mutex_lock(&svc->mu);
+    pthread_mutex_lock(&t->mu);
+    forget = t->mirror && t->state != TS_TASK_DONE && t->hh.tbl != NULL;
+    if (forget) {
+        HASH_DEL(svc->by_id, t);
+        DL_DELETE2(svc->newest, t, newer, older);
+        t->hh.tbl = NULL; /* not registered: never in the expiry FIFO */
+        atomic_fetch_sub(&svc->log_bytes, t->counted);
+        atomic_init(&t->own_bytes, t->counted);
+        t->log_bytes = &t->own_bytes;
+    }
+    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&svc->mu);
+    if (forget)
+        ts_task_unref(t); /* the registry's */
 }
 
 void

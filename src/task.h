@@ -242,6 +242,10 @@ uint64_t ts_task_stored_last(struct ts_task *t, json_t **body, int64_t *created_
 size_t ts_task_events(struct ts_task *t, uint64_t from, uint64_t to, struct ts_event **out,
                       size_t max);
 
+/* Take a mirror that is not ended out of the registry (nothing will keep
+ * it up to date: its follow went); those holding a reference keep it. */
+void ts_task_forget_mirror(struct ts_task_service *svc, struct ts_task *t);
+
 /* A mirror whose task the store no longer has: its streams here end once
  * they have sent what it holds (a reconnecting client then learns the task
  * is gone). */

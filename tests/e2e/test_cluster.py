@@ -381,3 +381,35 @@ def test_redis_down_at_start(redis_servers, daemon):
     assert d.healthz() == 200 and d.readyz() == 200
     # Stopped while its Redis is still there (the fixture stops Redis later).
     assert d.stop() == 0
+
+
+def test_subscription_follows_readers(cluster, redis):
+    """A replica subscribes to a task while it has readers of it, and only
+    then: 20 readers on one replica make one subscription; when they have
+    all left, the subscription goes; a new reader then gets the whole
+    stream again, every event once."""
+    group = cluster(2, env={"WORKERS": "1"})
+    a, b = group
+    count = 60
+    t = a.submit(count=count, interval_ms=50)
+    channel = f"{group.prefix}{{{t['id']}}}:live"
+
+    def subscribers():
+        reply = redis.command("PUBSUB", "NUMSUB", channel)
+        return int(reply[1])
+
+    streams = [SSEStream(task_url(b, t["id"], "/events"), timeout=scaled(10)) for _ in range(20)]
+    try:
+        for s in streams:
+            assert s.status == 200, s.body
+            s.read_until(lambda e: e.type == "tick", timeout=scaled(5))
+        assert subscribers() == 1
+    finally:
+        for s in streams:
+            s.close()
+    wait_for(lambda: subscribers() == 0, scaled(5), what="the subscription gone with its readers")
+    with SSEStream(task_url(b, t["id"], "/events"), timeout=scaled(15)) as s:
+        assert s.status == 200, s.body
+        assert subscribers() == 1
+        check_complete_stream(s.read_all(scaled(15)), count)
+    wait_for(lambda: subscribers() == 0, scaled(5), what="no subscription after the end")
