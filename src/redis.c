@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@ struct ts_redis_conn {
     struct ts_redis *r;
     redisContext *ctx;          /* NULL: not connected */
     unsigned pending;           /* replies owed for commands queued */
+    bool probe;                 /* may reconnect while Redis is down */
     int64_t sent_ns;            /* when the first owed command was queued */
     struct ts_redis_conn *next; /* the idle pool */
 };
@@ -41,7 +43,7 @@ struct ts_redis {
     pthread_mutex_t mu;
     /* Guarded by mu: */
     bool up;             /* the last connect or command succeeded */
-    bool down;           /* the last connect or command failed (not yet: unknown) */
+    atomic_bool down;    /* the last connect or command failed (not yet: unknown); read unlocked */
     bool trying;         /* a caller is connecting while down */
     int64_t retry_at_ns; /* while down: no connect before this */
     int64_t backoff_ns;  /* the next wait after a failure */
@@ -237,6 +239,7 @@ ts_redis_new(struct ts_redis **out, const struct ts_redis_config *cfg)
     r->nscripts = cfg->nscripts;
     r->log = cfg->log;
     r->backoff_ns = BACKOFF_MIN_NS;
+    atomic_init(&r->down, false);
     pthread_mutex_init(&r->mu, NULL);
     if (cfg->metrics != NULL) {
         struct ts_family *f;
@@ -289,20 +292,24 @@ ts_redis_up(struct ts_redis *r)
     return up;
 }
 
-/* A success after a failure (or the first) is logged once. */
+/* A success after a failure (or the first) is logged once: a new
+ * connection's set-up, or a reply on a connection that outlived the outage
+ * (SIGSTOP, CLIENT PAUSE: nothing was closed), which must tell the other
+ * connections just the same. */
 static void
-mark_up(struct ts_redis *r)
+mark_up(struct ts_redis *r, bool connected)
 {
     bool was;
 
     pthread_mutex_lock(&r->mu);
     was = r->up;
     r->up = true;
-    r->down = false;
+    atomic_store(&r->down, false);
     r->trying = false;
     r->backoff_ns = BACKOFF_MIN_NS;
     pthread_mutex_unlock(&r->mu);
-    ts_series_inc(r->connects);
+    if (connected)
+        ts_series_inc(r->connects);
     if (!was) {
         ts_series_set(r->up_gauge, 1);
         ts_log(r->log, TS_LOG_INFO, "redis connected",
@@ -319,7 +326,7 @@ mark_down(struct ts_redis *r, const char *what, const char *why)
     pthread_mutex_lock(&r->mu);
     was = r->up;
     r->up = false;
-    r->down = true;
+    atomic_store(&r->down, true);
     r->trying = false;
     r->retry_at_ns = now_ns() + r->backoff_ns;
     r->backoff_ns = r->backoff_ns * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : r->backoff_ns * 2;
@@ -332,17 +339,18 @@ mark_down(struct ts_redis *r, const char *what, const char *why)
     }
 }
 
-/* May this caller try to connect now? Anyone may until a connect or a
- * command fails; while Redis is down, one caller at a time and only once
- * the back-off has passed. */
+/* May this connection try to connect now? Any may until a connect or a
+ * command fails; while Redis is down, only a probe (a background thread's
+ * own connection: a request handler never waits for a dead Redis), one at a
+ * time and once the back-off has passed. */
 static bool
-may_connect(struct ts_redis *r)
+may_connect(struct ts_redis *r, bool probe)
 {
     bool ok;
 
     pthread_mutex_lock(&r->mu);
-    ok = !r->down || (!r->trying && now_ns() >= r->retry_at_ns);
-    if (ok && r->down)
+    ok = !atomic_load(&r->down) || (probe && !r->trying && now_ns() >= r->retry_at_ns);
+    if (ok && atomic_load(&r->down))
         r->trying = true;
     pthread_mutex_unlock(&r->mu);
     return ok;
@@ -355,8 +363,10 @@ ts_redis_conn_new(struct ts_redis *r)
 {
     struct ts_redis_conn *c = calloc(1, sizeof(*c));
 
-    if (c != NULL)
+    if (c != NULL) {
         c->r = r;
+        c->probe = true;
+    }
     return c;
 }
 
@@ -454,7 +464,7 @@ ts_redis_conn_ensure(struct ts_redis_conn *c)
 
     if (c->ctx != NULL)
         return 0;
-    if (!may_connect(r))
+    if (!may_connect(r, c->probe))
         return -ENOTCONN;
     c->ctx = t->path[0] != '\0' ? redisConnectUnixWithTimeout(t->path, r->timeout)
                                 : redisConnectWithTimeout(t->host, t->port, r->timeout);
@@ -472,7 +482,7 @@ ts_redis_conn_ensure(struct ts_redis_conn *c)
         fail(c, "set-up");
         return -ENOTCONN;
     }
-    mark_up(r);
+    mark_up(r, true);
     return 0;
 }
 
@@ -542,6 +552,8 @@ ts_redis_reply(struct ts_redis_conn *c, redisReply **out)
     if (first)
         ts_series_observe(c->r->roundtrip, (double)(now_ns() - c->sent_ns) / TS_NS_PER_S);
     c->pending--;
+    if (atomic_load(&c->r->down))
+        mark_up(c->r, false);
     *out = reply;
     return 0;
 }
@@ -644,8 +656,12 @@ ts_redis_get(struct ts_redis *r)
     if (c != NULL)
         r->idle = c->next;
     pthread_mutex_unlock(&r->mu);
-    if (c == NULL)
-        return ts_redis_conn_new(r);
+    if (c == NULL) {
+        c = ts_redis_conn_new(r);
+        if (c != NULL)
+            c->probe = false; /* the pool's wait for the probes to find Redis */
+        return c;
+    }
     drop_if_closed(c);
     return c;
 }
@@ -701,6 +717,8 @@ ts_redis_conn_next(struct ts_redis_conn *c, redisReply **out)
         return -EIO;
     if (redisGetReplyFromReader(c->ctx, &reply) != REDIS_OK)
         return fail(c, "parse");
+    if (reply != NULL && atomic_load(&c->r->down))
+        mark_up(c->r, false);
     *out = reply;
     return 0;
 }

@@ -11,10 +11,12 @@
  * have for commands; blocking calls on our own threads need no event-loop
  * adapter, and no context is ever shared between threads.
  *
- * Redis being down is shared knowledge: after a failed connect every
- * connection fails at once (-ENOTCONN) until the back-off (100 ms doubling
- * to 2 s) lets one caller try again, so a Redis outage costs callers no
- * waiting, only a clear error.
+ * Redis being down is shared knowledge: after a failed connect or command,
+ * every connection fails at once (-ENOTCONN) until one of the probes (the
+ * connections of ts_redis_conn_new(), which background threads hold) gets
+ * through; they try one at a time, with a back-off of 100 ms doubling to
+ * 2 s. The pool's connections (request handlers, workers) never try while
+ * Redis is down, so an outage costs them no waiting, only a clear error.
  *
  * Scripts are loaded (SCRIPT LOAD) on each new connection and called with
  * EVALSHA; a Redis that lost its script cache (a restart) gets them again.

@@ -17,7 +17,9 @@ when /usr/bin/redis-server is missing.
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 import time
 
 import pytest
@@ -26,7 +28,7 @@ import pytest
 from cluster import (REDIS_SERVER, closed_port, cluster, have_redis, nginx_rr, redis,  # noqa: F401
                      redis_server, redis_servers, unique_prefix, wait_owner)
 from tshelpers import (SSEStream, assert_json_error, check_complete_stream, http, parse_duration,
-                       scaled, wait_for)
+                       scaled, scrape, wait_for)
 
 pytestmark = pytest.mark.skipif(not have_redis(),
                                 reason=f"redis-server not installed at {REDIS_SERVER} "
@@ -413,3 +415,57 @@ def test_subscription_follows_readers(cluster, redis):
         assert subscribers() == 1
         check_complete_stream(s.read_all(scaled(15)), count)
     wait_for(lambda: subscribers() == 0, scaled(5), what="no subscription after the end")
+
+
+def test_list_pages_and_filters(cluster):
+    """GET /v1/tasks is the cluster's list, newest first, in pages joined
+    by next_cursor (every task once), filtered by ?state=."""
+    group = cluster(2)
+    a, b = group
+    ids = []
+    for i in range(7):
+        ids.append((a if i % 2 else b).submit(count=1, interval_ms=1)["id"])
+    for tid in ids:
+        a.wait_task(tid)
+    long_one = a.submit(count=1000, interval_ms=50)["id"]
+    wait_owner(group, long_one)
+    seen, cursor = [], None
+    while True:
+        url = f"{b.url}/v1/tasks?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        r = http("GET", url)
+        assert r.status == 200, r
+        page = r.json()
+        assert len(page["tasks"]) <= 3
+        seen += [t["id"] for t in page["tasks"]]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    assert seen == [long_one] + ids[::-1], seen
+    running = http("GET", f"{a.url}/v1/tasks?state=running").json()["tasks"]
+    assert [t["id"] for t in running] == [long_one], running
+    done = http("GET", f"{a.url}/v1/tasks?state=succeeded&limit=100").json()["tasks"]
+    assert [t["id"] for t in done] == ids[::-1], done
+    assert http("GET", f"{a.url}/v1/tasks?cursor=nonsense").status == 400
+    assert http("DELETE", task_url(b, long_one)).status == 202
+
+
+def test_cluster_metrics_pass_promtool(cluster):
+    """A cluster replica's scrape, with the Redis and cluster series, is what
+    promtool accepts."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not installed (scripts/deps.sh test installs prometheus)"
+    a, b = cluster(2)
+    t = a.submit(count=3, interval_ms=10)
+    a.wait_task(t["id"])
+    for d in (a, b):
+        text = http("GET", d.admin_url + "/metrics").text
+        for name in ("redis_up", "redis_connects_total", "redis_roundtrip_seconds_bucket",
+                     "cluster_claims_total", "cluster_takeovers_total", "tasks_handed_off_total",
+                     "task_events_unstored"):
+            assert name in text, name
+        proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                              text=True, timeout=scaled(20))
+        assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), (
+            proc.stdout + proc.stderr)
+    claims = sum(scrape(d).value("cluster_claims_total") for d in (a, b))
+    assert claims == 1, claims

@@ -1,6 +1,6 @@
 """Cluster mode when Redis misbehaves (docs/cluster.md, "Failures").
 
-- redis-server frozen (SIGSTOP) under a running ticker: the owner's own
+- redis-server frozen (SIGSTOP, or CLIENT PAUSE ALL) under a running ticker: the owner's own
   readers keep getting ticks (the events wait in its log and are stored
   when Redis is back, task_events_unstored counts them), a POST answers 503
   store_unavailable with Retry-After, both replicas stay ready; after
@@ -51,7 +51,8 @@ class Follower(threading.Thread):
             assert self.ticks.acquire(timeout=timeout), "no tick in time"
 
 
-def test_redis_frozen_while_running(cluster, redis):
+@pytest.mark.parametrize("freeze", ["sigstop", "client-pause"])
+def test_redis_frozen_while_running(cluster, redis, freeze):
     # A lease far longer than the freeze: nobody takes the task over.
     group = cluster(2, env={"WORKERS": "1", "TASK_LEASE": "30s", "REDIS_TIMEOUT": "300ms"})
     count = 40
@@ -65,7 +66,13 @@ def test_redis_frozen_while_running(cluster, redis):
     remote.start()
     local.wait_ticks(3, scaled(5))
 
-    redis.pause()
+    if freeze == "sigstop":
+        redis.pause()
+    else:
+        # Every client's commands wait (the replicas' own and the next
+        # connections' set-up, ours too: UNPAUSE would wait as well) until
+        # the pause runs out.
+        redis.command("CLIENT", "PAUSE", str(int(scaled(4) * 1000)), "ALL")
     try:
         # The owner's reader goes on while Redis is away.
         local.wait_ticks(8, scaled(10))
@@ -76,7 +83,8 @@ def test_redis_frozen_while_running(cluster, redis):
         assert r.headers.get("Retry-After"), r.headers
         assert owner.readyz() == 200 and other.readyz() == 200
     finally:
-        redis.resume()
+        if freeze == "sigstop":
+            redis.resume()
 
     local.join(scaled(30))
     remote.join(scaled(30))
