@@ -44,6 +44,7 @@
 #define JANITOR_PAGES 8    /* XAUTOCLAIM pages per janitor round */
 #define JANITOR_COUNT "16" /* entries per page */
 #define RUNNING_MAX 1024   /* WORKERS' bound */
+#define PROBE_NS (250 * TS_NS_PER_MS)
 
 /* ---- scripts ---- */
 
@@ -987,7 +988,17 @@ claimer_main(void *arg)
         bool round = now >= next;
 
         if (!round && !cl->wake_claimer) {
-            ts_clock_wait(&cl->clock, &cl->claim_cv, &cl->mu, next);
+            /* While Redis is down this thread's connection is the probe
+             * that finds it back (the pool's never try): it looks again
+             * every PROBE_NS, the client's back-off deciding what that
+             * costs. */
+            int64_t until = next;
+
+            if (!ts_redis_up(cl->redis) && now + PROBE_NS < until)
+                until = now + PROBE_NS;
+            if (ts_clock_wait(&cl->clock, &cl->claim_cv, &cl->mu, until) == ETIMEDOUT &&
+                until != next)
+                cl->wake_claimer = true;
             continue;
         }
         cl->wake_claimer = false;

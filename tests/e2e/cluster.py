@@ -449,3 +449,110 @@ def wait_owner(group, task_id, timeout=None):
     wait_for(check, scaled(10) if timeout is None else timeout, interval=0.02,
              what=f"task {task_id} running with an owner")
     return group.replica(found["t"]["replica"]), found["t"]
+
+
+class FaultProxy:
+    """A TCP proxy of our own between replicas and Redis, on loopback, that
+    can misbehave the ways a network does:
+
+    - hold(): stop moving bytes either way (a blackhole: nothing is lost,
+      TCP just stops, as with dropped packets that are retransmitted once
+      the path heals); release() moves them again;
+    - reset(): end every current connection with a RST (SO_LINGER 0);
+    - delay(seconds): hold each chunk that long before passing it on.
+
+    Every connection gets two pump threads; all end at close()."""
+
+    def __init__(self, upstream_port):
+        import threading
+
+        self._threading = threading
+        self.upstream_port = upstream_port
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._delay = 0.0
+        self._pairs = []
+        self._closed = False
+        self.accepted = 0
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    upstream.close()
+                    return
+                self._pairs.append((client, upstream))
+                self.accepted += 1
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst):
+        while True:
+            self._flowing.wait()
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            self._flowing.wait()  # held mid-way: what was read waits too
+            if self._delay:
+                time.sleep(self._delay)
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def hold(self):
+        self._flowing.clear()
+
+    def release(self):
+        self._flowing.set()
+
+    def delay(self, seconds):
+        self._delay = seconds
+
+    def reset(self):
+        import struct
+
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for s in pair:
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+        self.release()
+        self.listener.close()
+        self.reset()

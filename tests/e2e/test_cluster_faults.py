@@ -6,16 +6,20 @@
   store_unavailable with Retry-After, both replicas stay ready; after
   SIGCONT a reader on the other replica and the owner's reader end with
   every tick once and in order.
+- A replica behind a proxy of our own that blackholes, resets and delays
+  its Redis connections (no iptables: loopback only).
 - Every client connection killed (CLIENT KILL, commands and subscriptions):
   the replicas reconnect, subscribe again and backfill; no event is lost or
   doubled for any reader.
 """
 
 import threading
+import time
 
 import pytest
 
-from cluster import REDIS_SERVER, cluster, have_redis, redis, redis_server, wait_owner  # noqa: F401
+from cluster import (REDIS_SERVER, FaultProxy, cluster, have_redis, redis,  # noqa: F401
+                     redis_server, wait_owner)
 from tshelpers import SSEStream, assert_json_error, check_complete_stream, http, scaled, scrape
 
 pytestmark = pytest.mark.skipif(not have_redis(), reason=f"redis-server not installed at {REDIS_SERVER}")
@@ -153,3 +157,53 @@ def test_redis_restarted_without_its_data(cluster, redis):
         check_complete_stream(again.read_all(scaled(10)), count)
     for d in group:
         assert http("GET", f"{d.url}/v1/tasks/{finished['id']}").status == 404
+
+
+def test_redis_behind_a_faulty_network(cluster, redis):
+    """Replica A reaches Redis through a proxy that blackholes, resets and
+    delays; B reaches it directly. During a blackhole A's own reader keeps
+    getting ticks and A answers POST 503 at once after the first timeout
+    while B accepts it; resets and delays cost nothing either; every reader
+    ends with every tick once."""
+    proxy = FaultProxy(redis.port)
+    try:
+        env = {"WORKERS": "1", "TASK_LEASE": "30s", "REDIS_TIMEOUT": "300ms"}
+        a_group = cluster(1, env=dict(env, REPLICA_ID="a"), redis_url=proxy.url)
+        a = a_group[0]
+        count = 60
+        t = a.submit(count=count, interval_ms=50)
+        wait_owner(a_group, t["id"])  # A's: B starts once A has claimed it
+        b = cluster(1, env=dict(env, REPLICA_ID="b"), prefix=a_group.prefix)[0]
+        local = Follower(events_url(a, t["id"]), scaled(40))
+        remote = Follower(events_url(b, t["id"]), scaled(40))
+        assert local.stream.status == 200 and remote.stream.status == 200
+        local.start()
+        remote.start()
+        local.wait_ticks(3, scaled(5))
+
+        proxy.hold()
+        try:
+            local.wait_ticks(8, scaled(10))
+            started = time.monotonic()
+            r = http("POST", f"{a.url}/v1/tasks", {"kind": "ticker", "count": 1})
+            assert_json_error(r, 503, "store_unavailable")
+            assert time.monotonic() - started < scaled(1.5)
+            assert http("POST", f"{b.url}/v1/tasks", {"kind": "ticker", "count": 1}).status == 202
+            assert a.readyz() == 200
+        finally:
+            proxy.release()
+        local.wait_ticks(5, scaled(10))
+        proxy.reset()
+        local.wait_ticks(5, scaled(10))
+        proxy.delay(0.02)
+        local.wait_ticks(5, scaled(10))
+        proxy.delay(0)
+
+        local.join(scaled(40))
+        remote.join(scaled(40))
+        assert local.events is not None and remote.events is not None
+        check_complete_stream(local.events, count)
+        check_complete_stream(remote.events, count)
+        assert proxy.accepted > 1  # the reset made A connect again
+    finally:
+        proxy.close()
