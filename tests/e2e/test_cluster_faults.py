@@ -207,3 +207,36 @@ def test_redis_behind_a_faulty_network(cluster, redis):
         assert proxy.accepted > 1  # the reset made A connect again
     finally:
         proxy.close()
+
+
+def test_outage_longer_than_the_log_fails_the_task(cluster, redis):
+    """Events wait for Redis only as long as the log can hold them: past
+    EVENT_LOG_EVENTS the emit fails and so does the task, with a reason;
+    its end is stored once Redis is back and every replica reports it."""
+    group = cluster(2, env={"WORKERS": "1", "TASK_LEASE": "30s", "REDIS_TIMEOUT": "300ms",
+                            "EVENT_LOG_EVENTS": "10"})
+    t = group[0].submit(count=1000, interval_ms=10)
+    owner, _ = wait_owner(group, t["id"])
+    other = group.others(owner)[0]
+    local = Follower(events_url(owner, t["id"]), scaled(30))
+    assert local.stream.status == 200
+    local.start()
+    local.wait_ticks(2, scaled(5))
+    redis.pause()
+    try:
+        owner.wait_log("task ended while the store is unavailable; waiting", timeout=scaled(10),
+                       task_id=t["id"])
+    finally:
+        redis.resume()
+    local.join(scaled(30))
+    assert local.events is not None
+    end = local.events[-1]
+    assert end.type == "end" and end.json()["status"] == "failed", end
+    assert end.json()["reason"] == "could not emit an event", end.data
+    for d in group:
+        seen = d.wait_task(t["id"])
+        assert (seen["state"], seen["reason"]) == ("failed", "could not emit an event"), seen
+    with SSEStream(events_url(other, t["id"]), last_event_id=int(end.id) - 1,
+                   timeout=scaled(10)) as s:
+        tail = s.read_all(scaled(10))
+    assert [(e.id, e.type) for e in tail] == [(end.id, "end")], tail
