@@ -53,7 +53,25 @@ How it measures (shared/BENCHMARKING.md):
     holds, up to N, from several sseload processes each bound to its own
     source address (127.0.0.2, ...), the server's RLIMIT_NOFILE raised with
     prlimit when this process may (CAP_SYS_RESOURCE) and MAX_CONNECTIONS to
-    match; the table names the limit that bounded the count.
+    match; the table names the limit that bounded the count;
+  * cluster mode (Redis): a redis-server started here (a free port, its own
+    temp dir, nothing saved, pinned with the servers) and two replicas on a
+    fresh REDIS_KEY_PREFIX; replica b starts first and its one worker holds
+    an idle task, so replica a claims every task. Beside memory mode in the
+    same run: the latency of T tickers x 100 events/s with the readers on b
+    (every event goes worker -> Redis script -> pub/sub -> b -> socket) and
+    on the owner, with 1 and 100 readers per task (the tickers submitted
+    1/(T x 100) s apart, each stream from the event its task is at; every
+    server up at once and the cases run in rounds, each row the median of
+    the rounds; a cancelled task must have ended before the next case, as a
+    DELETE reaches its owner at its next renewal); Redis' commands per
+    event (INFO commandstats, which counts the commands scripts run, between
+    two snapshots at the ends of the window; events produced: the tasks'
+    `top` in Redis at the same moments); fan-out with N readers on each
+    replica, stepped as above; submissions, then (cluster) until the queue
+    is empty again. nginx + nchan beside the latency case, memory and
+    nchan_use_redis on two nginx (published on one, read on the other). No
+    redis-server: the scenario is skipped.
 
 Standard library only. Every child is started by this script and ended by
 its own pid.
@@ -107,6 +125,13 @@ FULL = {
     "storm_rate": 5000,
     "storm_threads": [1, 2],
     "idle100k": 100000,
+    "cluster_tasks": 10,
+    "cluster_interval_ms": 10,
+    "cluster_readers": [1, 100],
+    "cluster_window": 3.0,
+    "cluster_reps": 3,
+    "cluster_fanout": (1000, [10, 50, 100, 200, 500, 1000]),
+    "cluster_submit_cap": 30000,
 }
 
 SMOKE = {
@@ -128,6 +153,13 @@ SMOKE = {
     "storm_rate": 5000,
     "storm_threads": [1, 2],
     "idle100k": 300,
+    "cluster_tasks": 2,
+    "cluster_interval_ms": 20,
+    "cluster_readers": [1, 3],
+    "cluster_window": 0.5,
+    "cluster_reps": 1,
+    "cluster_fanout": (10, [20, 50]),
+    "cluster_submit_cap": 500,
 }
 
 
@@ -484,7 +516,7 @@ class Taskstreamd(Server):
 class Nchan(Server):
     name = "nginx+nchan"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, http_extra=""):
         self.cfg = cfg
         self.port = free_port()
         self.prefix = tempfile.mkdtemp(prefix="nchan-", dir=cfg.workdir)
@@ -501,6 +533,7 @@ class Nchan(Server):
             # pinned: one worker on CPU 0; free: one per CPU, as taskstreamd
             # may use both CPUs then too
             "@WORKERS@": "1" if cfg.pin else str(os.cpu_count() or 1),
+            "@HTTP_EXTRA@": http_extra,
         }
         for k, v in subs.items():
             text = text.replace(k, v)
@@ -1494,6 +1527,964 @@ def scenario_idle100k(cfg, want, out):
 
 
 # --------------------------------------------------------------------------
+# cluster mode (Redis)
+# --------------------------------------------------------------------------
+
+REDIS_SERVER = os.environ.get("REDIS_SERVER") or "/usr/bin/redis-server"
+
+
+def redis_available():
+    return os.access(REDIS_SERVER, os.X_OK)
+
+
+class RedisError(Exception):
+    pass
+
+
+class Resp:
+    """A RESP2 client on one connection: enough for INFO, HGET, XLEN."""
+
+    def __init__(self, port, timeout):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def _more(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("redis closed the connection")
+        self.buf += chunk
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self._more()
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def _reply(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            return RedisError(rest.decode("utf-8", "replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self._more()
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data.decode("utf-8", "replace")
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
+        raise ConnectionError(f"not a RESP reply: {line!r}")
+
+    def command(self, *args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = a.encode() if isinstance(a, str) else str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        self.sock.sendall(b"".join(out))
+        r = self._reply()
+        if isinstance(r, RedisError):
+            raise r
+        return r
+
+    def pipeline(self, cmds):
+        """Several commands in one write; their replies in order."""
+        out = []
+        for args in cmds:
+            out.append(b"*%d\r\n" % len(args))
+            for a in args:
+                a = a.encode() if isinstance(a, str) else str(a).encode()
+                out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        self.sock.sendall(b"".join(out))
+        return [self._reply() for _ in cmds]
+
+
+class RedisServer(Server):
+    """redis-server on a free loopback port, in the foreground, from a temp
+    dir of its own, nothing saved (as tests/e2e/cluster.py starts it),
+    pinned with the servers."""
+    name = "redis-server"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.dir = tempfile.mkdtemp(prefix="redis-", dir=cfg.workdir)
+        self.log_path = os.path.join(self.dir, "redis.log")
+        self.conn = None
+        for attempt in range(5):
+            self.port = free_port()
+            self.log_f = open(self.log_path, "a")
+            self.proc = subprocess.Popen(
+                cfg.pin_server + [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no", "--dir", self.dir,
+                                  "--daemonize", "no", "--loglevel", "warning",
+                                  "--databases", "1", "--maxclients", "10000"],
+                stdin=subprocess.DEVNULL, stdout=self.log_f, stderr=subprocess.STDOUT,
+                start_new_session=True)
+            self.pid = self.proc.pid
+            if self._ready(cfg.scale(10)):
+                self.conn = Resp(self.port, cfg.scale(10))
+                return
+            self.stop()
+            with open(self.log_path, errors="replace") as f:
+                text = f.read()
+            if attempt == 4 or "Address already in use" not in text:
+                raise RuntimeError(f"redis-server did not start:\n{text[-2000:]}")
+
+    def _ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                c = Resp(self.port, 1)
+                try:
+                    if c.command("PING") == "PONG":
+                        return True
+                finally:
+                    c.close()
+            except (OSError, ConnectionError, RedisError):
+                pass
+            time.sleep(0.02)
+        return False
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self, *args):
+        return self.conn.command(*args)
+
+    def snapshot(self):
+        """Calls per command (INFO commandstats: commands run by scripts are
+        counted too) and the bytes Redis sent, at one moment."""
+        stats, other = self.conn.pipeline([("INFO", "commandstats"), ("INFO", "stats")])
+        calls = {}
+        for line in stats.splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, rest = line[len("cmdstat_"):].partition(":")
+                fields = dict(kv.split("=", 1) for kv in rest.split(",") if "=" in kv)
+                calls[name] = int(fields.get("calls", 0))
+        info = {}
+        for line in other.splitlines():
+            k, _, v = line.partition(":")
+            info[k] = v.strip()
+        return {"calls": calls, "net_out": int(info.get("total_net_output_bytes", 0)),
+                "net_in": int(info.get("total_net_input_bytes", 0))}
+
+    def stop(self, timeout=10):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log_f.close()
+        return self.proc.returncode
+
+
+def calls_delta(s0, s1, ours=("info",)):
+    """{command: calls} between two snapshots, our own (INFO, and what else
+    this script sent meanwhile) left out."""
+    out = {}
+    for k, v in s1["calls"].items():
+        d = v - s0["calls"].get(k, 0)
+        if d and k not in ours:
+            out[k] = d
+    return out
+
+
+class ClusterSet:
+    """A redis-server and two replicas on it with a fresh key prefix. B
+    starts first, alone, and its only worker runs an idle ticker (the
+    blocker) for the whole scenario, so B never claims: every task
+    submitted later is claimed and run by A (WORKERS=workers), and a stream
+    on B follows it through Redis."""
+
+    def __init__(self, cfg, workers):
+        self.cfg = cfg
+        self.redis = RedisServer(cfg)
+        self.prefix = f"bench-{os.urandom(8).hex()}:"
+        self.servers = []
+        common = {"REDIS_URL": self.redis.url, "REDIS_KEY_PREFIX": self.prefix}
+        try:
+            self.b = Taskstreamd(cfg, env=dict(common, REPLICA_ID="b", WORKERS=1))
+            self.servers.append(self.b)
+            self.blocker = self.b.submit(2, 3_600_000)
+            wait_running(self.b, [self.blocker], "b", cfg.scale(10))
+            self.a = Taskstreamd(cfg, env=dict(common, REPLICA_ID="a", WORKERS=workers))
+            self.servers.insert(0, self.a)
+        except BaseException:
+            self.stop([])
+            raise
+
+    def key(self, task_id, what):
+        return f"{self.prefix}{{{task_id}}}:{what}"
+
+    def tops(self, ids):
+        """The last stored event id of each task."""
+        r = self.redis.conn.pipeline([("HGET", self.key(t, "meta"), "top") for t in ids])
+        return [int(x) if isinstance(x, str) and x.isdigit() else 0 for x in r]
+
+    def stop(self, out):
+        if getattr(self, "blocker", None) and self.servers:
+            self.servers[-1].cancel(self.blocker)
+            try:
+                wait_ended(self, [self.blocker], self.cfg.scale(30))
+            except (RuntimeError, OSError, ConnectionError, RedisError) as e:
+                log(f"cluster: {e}")
+        for srv in self.servers:
+            if out is not None:
+                stop_server(srv, out)
+            else:
+                srv.stop()
+        rc = self.redis.stop()
+        if rc not in (0, None) and out is not None:
+            out.append({"scenario": "server_exit", "server": "redis-server", "exit_status": rc,
+                        "problems": [f"redis-server exit status {rc}"]})
+
+
+def wait_running(srv, ids, replica, timeout):
+    """Until every task runs on `replica` (GET /v1/tasks/{id} on srv)."""
+    deadline = time.monotonic() + timeout
+    left = list(ids)
+    while left and time.monotonic() < deadline:
+        status, doc = srv.request("GET", f"/v1/tasks/{left[0]}")
+        if status == 200 and doc.get("state") == "running" and doc.get("replica") == replica:
+            left.pop(0)
+        else:
+            time.sleep(0.02)
+    if left:
+        raise RuntimeError(f"{len(left)} of {len(ids)} tasks not running on replica {replica} "
+                           f"after {timeout}s")
+
+
+def cluster_window(cfg, facts, procs, cl, ids, window):
+    """In a thread from `ready`: after the warm-up, a snapshot (Redis'
+    commandstats, the tasks' tops, every server's CPU), another at the end
+    of the window, then the subscribers of the first task's live channel
+    (the replicas that follow it)."""
+    def take(tag):
+        snap = {"t": time.monotonic(), "cpu": {name: p.cpu() for name, p in procs.items()}}
+        if cl is not None:
+            # the tops outside the two INFOs: between them only Redis' own
+            # traffic and the replicas'
+            if tag == "0":
+                snap["tops"] = cl.tops(ids)
+            snap.update(cl.redis.snapshot())
+            if tag == "1":
+                snap["tops"] = cl.tops(ids)
+                r = cl.redis.command("PUBSUB", "NUMSUB", cl.key(ids[0], "live"))
+                snap["numsub"] = r[1] if isinstance(r, list) and len(r) == 2 else None
+        facts["snap" + tag] = snap
+
+    def run():
+        try:
+            time.sleep(cfg.warmup)
+            take("0")
+            time.sleep(window)
+            take("1")
+        except Exception as e:  # reported in the row
+            facts["snap_error"] = repr(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    facts["thread"] = t
+
+
+def cluster_figures(facts, res, readers_per_task, delivered=None):
+    """What the two snapshots say: commands per produced event and per
+    delivery, Redis' bytes out per event, each process's CPU per delivery."""
+    s0, s1 = facts.get("snap0"), facts.get("snap1")
+    if not s0 or not s1:
+        return {}
+    span = s1["t"] - s0["t"]
+    deliveries = delivered if delivered is not None else res["delivery_rate"] * span
+    fig = {"span_s": span,
+           "cpu_us_per_delivery": {k: 1e6 * (s1["cpu"][k] - s0["cpu"][k]) / max(1, deliveries)
+                                   for k in s0["cpu"]},
+           "cpu_pct": {k: 100 * (s1["cpu"][k] - s0["cpu"][k]) / max(1e-9, span)
+                       for k in s0["cpu"]}}
+    if "calls" in s0 and "tops" in s0:
+        calls = calls_delta(s0, s1)
+        produced = sum(b - a for a, b in zip(s0["tops"], s1["tops"]))
+        if delivered is None and produced:
+            deliveries = produced * readers_per_task
+        total = sum(calls.values())
+        p = max(1, produced or 0)
+        fig.update({
+            "produced": produced, "deliveries": deliveries, "calls": calls,
+            "calls_total": total,
+            "evalsha_per_event": calls.get("evalsha", 0) / p,
+            "publish_per_event": calls.get("publish", 0) / p,
+            "calls_per_event": total / p,
+            "calls_per_delivery": total / max(1, deliveries),
+            "net_out_per_event_b": (s1["net_out"] - s0["net_out"]) / p,
+            "subscribed_replicas": s1.get("numsub"),
+        })
+    if "redis" in s0["cpu"]:
+        # Redis' CPU per event produced (nchan: per event a reader got)
+        events = fig.get("produced") or res["delivery_rate"] * span / max(1, readers_per_task)
+        fig["redis_cpu_us_per_event"] = (1e6 * (s1["cpu"]["redis"] - s0["cpu"]["redis"])
+                                         / max(1, events))
+    return fig
+
+
+def cluster_streams(cfg, kind, source, targets, ntasks, rate, tag, cl=None, procs=None,
+                    pub_target=None, window=None):
+    """`ntasks` sources at `rate` events/s each (tickers submitted to
+    `source`, or nchan channels published on `pub_target`), and streams on
+    `targets`, [(server, streams)], each a sseload process spread
+    round-robin over all the sources; measured over the window. Returns
+    the merged sub result, the facts of the window and the task ids.
+
+    The tickers are submitted 1/(rate x ntasks) s apart, so that their ticks
+    are spread over the interval rather than all due at once (in memory
+    mode they would all tick together; in cluster mode the claims would
+    spread them by chance)."""
+    window = window or cfg.window
+    warmup, grace = cfg.warmup, cfg.grace
+    source_s = window + warmup + grace + cfg.scale(30)
+    ids = []
+    facts = {}
+    pub = {}
+    if kind == "taskstreamd":
+        count = min(1_000_000, int(rate * source_s))
+        t0 = time.monotonic()
+        for i in range(ntasks):
+            time.sleep(max(0.0, t0 + i / (rate * ntasks) - time.monotonic()))
+            ids.append(source.submit(count, max(0, round(1000 / rate))))
+        if cl is not None:
+            wait_running(cl.a, ids, "a", cfg.scale(10))
+        # each stream from the event the task is at: little is replayed
+        # while the streams connect
+        last = [source.event_count(t) for t in ids]
+        paths = [f"/v1/tasks/{t}/events" + (f"?last_event_id={n}" if n > 0 else "")
+                 for t, n in zip(ids, last)]
+        seq = "id"
+    else:
+        paths = [f"/sub/{tag}x{i}" for i in range(ntasks)]
+        seq = "data"
+    paths_file = os.path.join(cfg.workdir, f"{tag}.paths")
+    with open(paths_file, "w") as f:
+        f.write("".join(p + "\n" for p in paths))
+    redis = cl.redis if cl is not None else None
+
+    def ready(load):
+        if kind == "nginx+nchan":
+            if redis is not None:
+                facts["pub0"] = redis.snapshot()
+            pub["load"] = Load(cfg, "pub",
+                               ["--port", str(pub_target.port), "-c", str(cfg.pub_conns),
+                                "--rate", str(rate * ntasks),
+                                "--duration", str(warmup + window + grace + 1),
+                                "--max-time", str(warmup + window + grace + 10)]
+                               + [a for i in range(ntasks) for a in ("--path",
+                                                                     f"/pub/{tag}x{i}")])
+        cluster_window(cfg, facts, procs or {}, cl if ids else None, ids, window)
+
+    try:
+        load = Load(cfg, "sub", ["--paths-file", paths_file, "--seq", seq, "--window",
+                                 str(window), "--warmup", str(warmup), "--grace", str(grace),
+                                 "--conc", str(cfg.conc), "--max-time", str(cfg.scale(120))],
+                    procs=len(targets),
+                    per_proc=lambda i: ["--port", str(targets[i][0].port),
+                                        "-n", str(targets[i][1])],
+                    on_ready=ready)
+        res = load.result(cfg.scale(180))
+        if "thread" in facts:
+            facts["thread"].join(cfg.scale(30))
+        if "load" in pub:
+            pub["load"].signal()
+            facts["pub"] = pub["load"].result(30)
+            if redis is not None and "pub0" in facts:
+                # nchan: the commands over the whole publisher run
+                facts["pub1"] = redis.snapshot()
+    finally:
+        if "load" in pub and "pub" not in facts:
+            pub["load"].signal()
+        for t in ids:
+            source.cancel(t)
+        if cl is not None and ids:
+            # the next case measures Redis alone: these must be over
+            wait_ended(cl, ids, cfg.scale(30))
+    return res, facts, ids
+
+
+def wait_ended(cl, ids, timeout):
+    """Until no task of `ids` is queued or running any more (Redis' view).
+    A DELETE of a running task reaches its owner at its next renewal at the
+    latest (TASK_LEASE/3)."""
+    deadline = time.monotonic() + timeout
+    left = list(ids)
+    while left and time.monotonic() < deadline:
+        states = cl.redis.conn.pipeline([("HGET", cl.key(t, "meta"), "state") for t in left])
+        left = [t for t, st in zip(left, states) if st in ("queued", "running")]
+        if left:
+            time.sleep(0.05)
+    if left:
+        raise RuntimeError(f"{len(left)} of {len(ids)} cancelled tasks still run after "
+                           f"{timeout}s")
+
+
+def wait_nchan_redis(srv, timeout):
+    """nginx + nchan with Redis answers 503 to subscribers until it is
+    connected: until a probe subscriber gets 200."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=2)
+        try:
+            conn.request("GET", "/sub/probe", headers={"Accept": "text/event-stream"})
+            status = conn.getresponse().status
+        except (OSError, http.client.HTTPException):
+            status = None
+        finally:
+            conn.close()
+        if status == 200:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nginx+nchan with Redis: subscribers get {status} after "
+                               f"{timeout}s")
+        time.sleep(0.05)
+
+
+def stream_problems(res, expect):
+    problems = check_stream_result(res, expect)
+    if res.get("caught_up", 0) < res.get("opened", 0):
+        problems.append(f"only {res.get('caught_up')} of {res.get('opened')} caught up")
+    if res["lat_us"]["n"] == 0:
+        problems.append("no event in the window")
+    return problems
+
+
+def cluster_latency_row(cfg, mode, server, readers_on, ntasks, rate, readers, res, facts):
+    lat = res["lat_us"]
+    streams = ntasks * readers
+    fig = cluster_figures(facts, res, readers)
+    if server == "nginx+nchan" and "pub1" in facts:
+        # Redis' commands over the publisher's whole run, per publish
+        sent = facts["pub"]["status_2xx"]
+        calls = calls_delta(facts["pub0"], facts["pub1"])
+        total = sum(calls.values())
+        fig.update({"produced": sent, "calls": calls, "calls_total": total,
+                    "evalsha_per_event": calls.get("evalsha", 0) / max(1, sent),
+                    "publish_per_event": calls.get("publish", 0) / max(1, sent),
+                    "calls_per_event": total / max(1, sent),
+                    "calls_per_delivery": total / max(1, sent * readers),
+                    "net_out_per_event_b": (facts["pub1"]["net_out"] - facts["pub0"]["net_out"])
+                    / max(1, sent)})
+    problems = stream_problems(res, streams)
+    if facts.get("snap_error"):
+        problems.append(f"snapshot: {facts['snap_error']}")
+    if server == "nginx+nchan":
+        p = facts.get("pub") or {}
+        if not p.get("status_2xx"):
+            problems.append("the publisher got no 2xx")
+    return {
+        "scenario": "cluster_latency", "server": server, "mode": mode, "readers_on": readers_on,
+        "tasks": ntasks, "readers": readers, "streams": streams, "rate_per_task": rate,
+        "offered": rate * ntasks, "delivery_rate": res["delivery_rate"],
+        "p50_ms": lat["p50"] / 1000, "p99_ms": lat["p99"] / 1000, "max_ms": lat["max"] / 1000,
+        "window_events": res["window_events"], "gaps": res["gaps"], "cut": res["cut"],
+        "caught_up": res.get("caught_up"), "events": res["events"],
+        "publisher": ({"sent": facts["pub"]["sent"], "ok": facts["pub"]["status_2xx"],
+                       "p99_ms": facts["pub"]["lat_us"]["p99"] / 1000}
+                      if facts.get("pub") else None),
+        **{k: v for k, v in fig.items() if k != "calls"}, "calls": fig.get("calls"),
+        "problems": problems,
+        "client": {k: v for k, v in res.items() if not isinstance(v, dict)},
+        "pinned": bool(cfg.pin),
+    }
+
+
+def log_latency(row, rnd=None):
+    cmds = ""
+    if row.get("calls_per_event") is not None:
+        cmds = (f"; redis per event: evalsha {row['evalsha_per_event']:.2f} publish "
+                f"{row['publish_per_event']:.2f} all {row['calls_per_event']:.2f} "
+                f"(per delivery {row['calls_per_delivery']:.3f})")
+    log(f"cluster latency {'' if rnd is None else f'round {rnd + 1} '}"
+        f"{row['server']:12} {row['mode']:7} on {row['readers_on']:6} "
+        f"{row['tasks']}x{row['readers']}: {row['delivery_rate']:.0f} deliveries/s p50 "
+        f"{row['p50_ms']:.2f} ms p99 {row['p99_ms']:.2f} ms{cmds} {row['problems'] or ''}")
+
+
+def cluster_fanout_row(cfg, mode, subs_each, rate, res, facts, nservers):
+    lat = res["lat_us"]
+    streams = subs_each * nservers
+    fig = cluster_figures(facts, res, streams)
+    problems = stream_problems(res, streams)
+    row = {
+        "scenario": "cluster_fanout", "server": "taskstreamd", "mode": mode,
+        "replicas": nservers if mode == "cluster" else 1, "readers_each": subs_each,
+        "streams": streams, "rate_per_stream": rate, "offered": rate * streams,
+        "delivery_rate": res["delivery_rate"],
+        "source_rate": res["window_events"] / max(1, res["opened"]) / cfg.window,
+        "p50_ms": lat["p50"] / 1000, "p99_ms": lat["p99"] / 1000, "max_ms": lat["max"] / 1000,
+        "window_events": res["window_events"], "gaps": res["gaps"], "cut": res["cut"],
+        "caught_up": res.get("caught_up"),
+        **{k: v for k, v in fig.items() if k != "calls"}, "calls": fig.get("calls"),
+        "problems": problems,
+        "client": {k: v for k, v in res.items() if not isinstance(v, dict)},
+        "pinned": bool(cfg.pin),
+    }
+    row["held"] = not problems and lat["p99"] < P99_LIMIT_US
+    row["carried"] = not problems and lat["p99"] < P99_CAPACITY_US
+    return row
+
+
+def cluster_submit(cfg, mode, srv, out, cl=None):
+    """POST /v1/tasks (a ticker of one tick) as fast as a few keep-alive
+    connections go, at most cluster_submit_cap of them; in cluster mode
+    then until A has claimed and ended every one (the queue is back to what
+    it held before), which bounds what the queue can hold."""
+    cap = cfg.plan["cluster_submit_cap"]
+    procs = {"server": srv} if cl is None else {"a": cl.a, "b": cl.b, "redis": cl.redis}
+    c0 = {k: p.cpu() for k, p in procs.items()}
+    s0 = cl.redis.snapshot() if cl is not None else None
+    queue0 = cl.redis.command("XLEN", cl.prefix + "queue") if cl is not None else None
+    t0 = time.monotonic()
+    load = Load(cfg, "pub", ["--port", str(srv.port), "--path", "/v1/tasks", "-c",
+                             str(cfg.plan["submit_conns"]), "--rate", "0", "--duration",
+                             str(cfg.plan["submit_s"]), "--count", str(cap), "--body",
+                             '{"kind":"ticker","count":1,"interval_ms":0}',
+                             "--max-time", str(cfg.scale(60))])
+    res = load.result(cfg.scale(90))
+    posted_s = time.monotonic() - t0
+    drained_s = backlog = None
+    problems = [] if res["status_2xx"] > 0 else ["no task accepted"]
+    if cl is not None:
+        backlog = cl.redis.command("XLEN", cl.prefix + "queue") - queue0
+        deadline = time.monotonic() + cfg.scale(60)
+        left = backlog
+        while left > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = cl.redis.command("XLEN", cl.prefix + "queue") - queue0
+        drained_s = time.monotonic() - t0
+        if left > 0:
+            problems.append(f"{left} tasks still queued {cfg.scale(60)} s after the last POST")
+    cpu = {k: p.cpu() - c0[k] for k, p in procs.items()}
+    lat = res["lat_us"]
+    row = {
+        "scenario": "cluster_submit", "server": "taskstreamd", "mode": mode,
+        "connections": cfg.plan["submit_conns"], "cap": cap,
+        "accepted_per_s": res["ok_rate"], "answered_per_s": res["rate"],
+        "accepted": res["status_2xx"], "status_4xx": res["status_4xx"],
+        "status_5xx": res["status_5xx"], "errors": res["errors"],
+        "p50_ms": lat["p50"] / 1000, "p99_ms": lat["p99"] / 1000, "posted_s": posted_s,
+        "backlog_after_posts": backlog, "all_done_s": drained_s,
+        "done_per_s": (res["status_2xx"] / drained_s) if drained_s else None,
+        "cpu_us_per_task": {k: 1e6 * v / max(1, res["status_2xx"]) for k, v in cpu.items()},
+        "problems": problems,
+    }
+    if cl is not None:
+        calls = calls_delta(s0, cl.redis.snapshot(), ours=("info", "xlen"))
+        row["calls"] = calls
+        row["calls_per_task"] = sum(calls.values()) / max(1, res["status_2xx"])
+    out.append(row)
+    log(f"cluster submit {mode:7}: {row['accepted_per_s']:.0f} accepted/s ({row['status_4xx']} "
+        f"4xx, {row['status_5xx']} 5xx) p99 {row['p99_ms']:.2f} ms"
+        + (f"; backlog {backlog}, all done after {drained_s:.2f} s, "
+           f"{row['calls_per_task']:.1f} redis commands per task" if cl is not None else "")
+        + f" {problems or ''}")
+
+
+def scenario_cluster(cfg, servers, out):
+    """Cluster mode on Redis beside memory mode, in one run, every server up
+    at once (idle when another is measured) so that the cases interleave:
+    1. latency at ~1,000 events/s (T tickers x 100/s), `cluster_reps`
+       rounds of: memory mode; through Redis with the readers on the other
+       replica (B) and on the owner (A); with 1 and with 100 readers per
+       task; nchan without and with Redis (1 reader per channel). Redis'
+       commands per event over each window. Each row: the median of the
+       rounds;
+    2. fan-out: one ticker owned by A, N readers on each replica, the rate
+       stepped up, each step beside memory mode's (one process, 2N readers);
+    3. submissions: memory mode, then cluster mode (POSTs to A)."""
+    if not redis_available():
+        log(f"cluster: {REDIS_SERVER} is missing (scripts/deps.sh test installs it): skipped")
+        out.append({"scenario": "cluster_skipped", "server": "taskstreamd",
+                    "reason": f"{REDIS_SERVER} missing", "problems": []})
+        return
+    plan = cfg.plan
+    ntasks, interval = plan["cluster_tasks"], plan["cluster_interval_ms"]
+    rate = 1000 // interval
+    readers_list = plan["cluster_readers"]
+    subs_each, rates = plan["cluster_fanout"]
+    workers = max(16, ntasks + 4)
+    lat_window = plan["cluster_window"]
+    mem = cl = None
+    nchan = {}
+    try:
+        mem = make_server(cfg, "taskstreamd", env={"WORKERS": workers})
+        cl = ClusterSet(cfg, workers)
+        if "nginx+nchan" in servers:
+            nchan = start_nchan_pair(cfg)
+        mem_procs = {"server": mem}
+        cl_procs = {"a": cl.a, "b": cl.b, "redis": cl.redis}
+
+        # 1. latency: (label, run) per case, every round in the same order
+        cases = []
+        for readers in readers_list:
+            cases.append((("taskstreamd", "memory", "same", readers), dict(
+                kind="taskstreamd", source=mem, targets=[(mem, ntasks * readers)],
+                procs=mem_procs)))
+            for on, target in (("other", cl.b), ("owner", cl.a)):
+                cases.append((("taskstreamd", "cluster", on, readers), dict(
+                    kind="taskstreamd", source=cl.a, targets=[(target, ntasks * readers)],
+                    cl=cl, procs=cl_procs)))
+        if nchan:
+            cases.append((("nginx+nchan", "memory", "same", 1), dict(
+                kind="nginx+nchan", source=None, targets=[(nchan["memory"], ntasks)],
+                procs={"nginx": nchan["memory"]}, pub_target=nchan["memory"])))
+            cases.append((("nginx+nchan", "cluster", "other", 1), dict(
+                kind="nginx+nchan", source=None, targets=[(nchan["b"], ntasks)],
+                cl=NchanRedis(nchan["redis"]), pub_target=nchan["a"],
+                procs={"nginx_a": nchan["a"], "nginx_b": nchan["b"],
+                       "redis": nchan["redis"]})))
+        done = {label: [] for label, _ in cases}
+        for rnd in range(plan["cluster_reps"]):
+            for n, (label, kw) in enumerate(cases):
+                server, mode, on, readers = label
+                res, facts, _ = cluster_streams(cfg, ntasks=ntasks, rate=rate,
+                                                tag=f"cl{rnd}n{n}", window=lat_window, **kw)
+                row = cluster_latency_row(cfg, mode, server, on, ntasks, rate, readers, res,
+                                          facts)
+                done[label].append(row)
+                log_latency(row, rnd)
+        for label, _ in cases:
+            out.append(merge_rounds(done[label]))
+
+        # 2. fan-out, a step of each mode in turn
+        ladders = {"memory": (mem, [(mem, subs_each), (mem, subs_each)], None, mem_procs),
+                   "cluster": (cl.a, [(cl.a, subs_each), (cl.b, subs_each)], cl, cl_procs)}
+        for r in rates:
+            for mode in list(ladders):
+                source, targets, c, procs = ladders[mode]
+                res, facts, _ = cluster_streams(cfg, "taskstreamd", source, targets, 1, r,
+                                                f"cf{mode}{r}", cl=c, procs=procs)
+                row = cluster_fanout_row(cfg, mode, subs_each, r, res, facts, 2)
+                out.append(row)
+                log_fanout(row)
+                if fanout_done(cfg, row):
+                    del ladders[mode]
+            if not ladders:
+                break
+
+        # 3. submissions
+        cluster_submit(cfg, "memory", mem, out)
+        cluster_submit(cfg, "cluster", cl.a, out, cl=cl)
+    finally:
+        if mem is not None:
+            stop_server(mem, out)
+        if cl is not None:
+            cl.stop(out)
+        stop_nchan_pair(nchan, out)
+
+
+def merge_rounds(reps):
+    """One row of several rounds of a latency case: the medians (counts
+    summed, the worst max), each round kept in "rounds"."""
+    row = dict(reps[-1])
+    keep = ("p50_ms", "p99_ms", "max_ms", "delivery_rate", "calls_per_event",
+            "evalsha_per_event", "publish_per_event", "calls_per_delivery",
+            "net_out_per_event_b", "redis_cpu_us_per_event")
+    row["rounds"] = [{k: r.get(k) for k in keep + ("cpu_us_per_delivery", "problems")}
+                     for r in reps]
+    for k in keep:
+        vals = [r[k] for r in reps if r.get(k) is not None]
+        row[k] = median(vals) if vals else None
+    row["max_ms"] = max((r["max_ms"] for r in reps), default=None)
+    for k in ("window_events", "events", "gaps", "cut"):
+        row[k] = sum(r.get(k) or 0 for r in reps)
+    row["caught_up"] = min(r.get("caught_up") or 0 for r in reps)
+    if all(r.get("produced") is not None for r in reps):
+        row["produced"] = sum(r["produced"] for r in reps)
+    calls = {}
+    for r in reps:
+        for k, v in (r.get("calls") or {}).items():
+            calls[k] = calls.get(k, 0) + v
+    row["calls"] = calls or None
+    cpu = {}
+    for r in reps:
+        for k, v in (r.get("cpu_us_per_delivery") or {}).items():
+            cpu.setdefault(k, []).append(v)
+    row["cpu_us_per_delivery"] = {k: median(v) for k, v in cpu.items()} or None
+    row["problems"] = [f"round {i + 1}: {p}" for i, r in enumerate(reps) for p in r["problems"]]
+    row["p99_range_ms"] = [min(r["p99_ms"] for r in reps), max(r["p99_ms"] for r in reps)]
+    row["p50_range_ms"] = [min(r["p50_ms"] for r in reps), max(r["p50_ms"] for r in reps)]
+    return row
+
+
+def start_nchan_pair(cfg):
+    """nginx + nchan in memory mode, and two more on a redis-server of
+    their own (nchan_redis_url, nchan_use_redis on): published on a, read on
+    b. Started only as far as they came up (see stop_nchan_pair)."""
+    got = {}
+    try:
+        got["memory"] = Nchan(cfg)
+        got["redis"] = RedisServer(cfg)
+        extra = (f'nchan_redis_url "redis://127.0.0.1:{got["redis"].port}"; '
+                 f'nchan_use_redis on; nchan_redis_namespace "bench{os.urandom(4).hex()}";')
+        got["a"] = Nchan(cfg, http_extra=extra)
+        got["b"] = Nchan(cfg, http_extra=extra)
+        for k in ("a", "b"):
+            wait_nchan_redis(got[k], cfg.scale(10))
+    except BaseException:
+        stop_nchan_pair(got, None)
+        raise
+    return got
+
+
+def stop_nchan_pair(got, out):
+    for k in ("memory", "a", "b"):
+        if k in got:
+            if out is not None:
+                stop_server(got[k], out)
+            else:
+                got[k].stop()
+    if "redis" in got:
+        got["redis"].stop()
+
+
+class NchanRedis:
+    """What cluster_streams needs of a ClusterSet, for nchan: its Redis."""
+
+    def __init__(self, redis):
+        self.redis = redis
+
+
+def log_fanout(row):
+    cpu = row.get("cpu_pct") or {}
+    log(f"cluster fanout {row['mode']:7} {row['streams']} streams on {row['replicas']} "
+        f"rate={row['rate_per_stream']:5}/s: {row['delivery_rate']:10.0f} deliveries/s p50 "
+        f"{row['p50_ms']:.1f} ms p99 {row['p99_ms']:.1f} ms cpu "
+        f"{', '.join(f'{k} {v:.0f}%' for k, v in cpu.items())} "
+        f"{'held' if row['held'] else 'NOT held'} {row['problems'] or ''}")
+
+
+def fanout_done(cfg, row):
+    """Past a step that was not carried, or once the servers' CPU is used up
+    and they no longer keep up, a faster step shows nothing new."""
+    cpus = 1 if cfg.pin else (os.cpu_count() or 1)
+    used = sum((row.get("cpu_pct") or {}).values())
+    saturated = row["delivery_rate"] < 0.8 * row["offered"] and used >= 90 * cpus
+    return (not row["carried"] or saturated) and not cfg.all_steps
+
+
+def cluster_latency_pick(results, server, mode, on, readers=None):
+    r = [x for x in rows(results, "cluster_latency", server=server, mode=mode, readers_on=on)
+         if readers is None or x["readers"] == readers]
+    return r[0] if r else None
+
+
+def best_cluster_fanout(results, mode, flag="held"):
+    held = [r for r in rows(results, "cluster_fanout", mode=mode) if r.get(flag)]
+    return max(held, key=lambda r: r["delivery_rate"], default=None)
+
+
+def cluster_summary(results):
+    """The side-by-side lines of the cluster scenario."""
+    lines = []
+    lat = rows(results, "cluster_latency")
+    if lat:
+        r0 = lat[0]
+        base = f"{r0['tasks']} tasks x {r0['rate_per_task']}/s"
+        for readers in sorted({r["readers"] for r in lat}):
+            tm = cluster_latency_pick(results, "taskstreamd", "memory", "same", readers)
+            tc = cluster_latency_pick(results, "taskstreamd", "cluster", "other", readers)
+            to = cluster_latency_pick(results, "taskstreamd", "cluster", "owner", readers)
+            nm = cluster_latency_pick(results, "nginx+nchan", "memory", "same", readers)
+            nr = cluster_latency_pick(results, "nginx+nchan", "cluster", "other", readers)
+
+            def pp(r):
+                return f"{fmt_num(r['p50_ms'])} / {fmt_num(r['p99_ms'])}" if r else "-"
+
+            def added(r, m):
+                if not r or not m:
+                    return "-"
+                return f"{r['p50_ms'] - m['p50_ms']:+.2f} / {r['p99_ms'] - m['p99_ms']:+.2f}"
+
+            what = f"{base}, {readers} reader{'s' if readers != 1 else ''} each"
+            if readers != 1:
+                nm = nr = None  # nchan: the 1-reader case only
+
+            def p99(r):
+                return r["p99_ms"] if r else None
+            lines.append(f"| cluster: {what}: p50 / p99 (ms), memory mode | {pp(tm)} | "
+                         f"{pp(nm)} | {ratio(p99(tm), p99(nm)) if nm else ''} | |")
+            lines.append(f"| cluster: {what}: p50 / p99 (ms) through Redis, read on the other "
+                         f"replica (nchan: the other nginx) | {pp(tc)} | "
+                         f"{pp(nr)} | {ratio(p99(tc), p99(nr)) if nr else ''} | |")
+            lines.append(f"| cluster: {what}: added p50 / p99 through Redis (ms), other replica; "
+                         f"owner | {added(tc, tm)}; {added(to, tm)} | "
+                         f"{added(nr, nm)} | | |")
+
+        def cmds(r):
+            if not r or r.get("calls_per_event") is None:
+                return "-"
+            return (f"{r['evalsha_per_event']:.2f} / {r['publish_per_event']:.2f} / "
+                    f"{r['calls_per_event']:.2f}")
+
+        for readers in sorted({r["readers"] for r in lat}):
+            tc = cluster_latency_pick(results, "taskstreamd", "cluster", "other", readers)
+            nr = cluster_latency_pick(results, "nginx+nchan", "cluster", "other", readers)
+            lines.append(f"| cluster: Redis commands per produced event (EVALSHA / PUBLISH / all), "
+                         f"{readers} reader{'s' if readers != 1 else ''} per task on the other "
+                         f"replica | {cmds(tc)} | {cmds(nr) if readers == 1 else '-'} | | "
+                         f"O(1) per event, not per reader |")
+    fan = rows(results, "cluster_fanout")
+    if fan:
+        c = best_cluster_fanout(results, "cluster")
+        m = best_cluster_fanout(results, "memory")
+        each = fan[0]["readers_each"]
+
+        def cell(r):
+            if not r:
+                return "none held"
+            return (f"{fmt_num(r['delivery_rate'])} at {r['rate_per_stream']}/s "
+                    f"(p99 {fmt_num(r['p99_ms'])} ms)")
+
+        cv = c["delivery_rate"] if c else None
+        mv = m["delivery_rate"] if m else None
+        lines.append(f"| cluster: max deliveries/s with p99 < 100 ms, 2 replicas x {each:,} "
+                     f"readers of one task; memory mode: one process, {2 * each:,} readers | "
+                     f"{cell(c)}; memory {cell(m)} | n/a | {ratio(cv, mv)} (cluster/memory) | |")
+        c2 = best_cluster_fanout(results, "cluster", "carried")
+        m2 = best_cluster_fanout(results, "memory", "carried")
+        if c2 is not c or m2 is not m:
+            cv = c2["delivery_rate"] if c2 else None
+            mv = m2["delivery_rate"] if m2 else None
+            lines.append(f"| cluster: capacity: max deliveries/s, no loss, p99 < 1 s, the same "
+                         f"readers | {cell(c2)}; memory {cell(m2)} | n/a | "
+                         f"{ratio(cv, mv)} (cluster/memory) | |")
+    sub = rows(results, "cluster_submit")
+    if sub:
+        m = [r for r in sub if r["mode"] == "memory"]
+        c = [r for r in sub if r["mode"] == "cluster"]
+        mv = m[0]["accepted_per_s"] if m else None
+        cv = c[0]["accepted_per_s"] if c else None
+        lines.append(f"| cluster: submissions accepted per s ({sub[0]['connections']} conns), "
+                     f"memory / cluster | {fmt_num(mv)} / {fmt_num(cv)} | n/a | "
+                     f"{ratio(cv, mv)} (cluster/memory) | |")
+    for r in rows(results, "cluster_skipped"):
+        lines.append(f"| cluster: skipped | {r['reason']} | | | |")
+    return lines
+
+
+def cpu_cell(d):
+    if not d:
+        return "-"
+    return ", ".join(f"{k} {fmt_num(v)}" for k, v in d.items())
+
+
+def cluster_detail(results):
+    lat = rows(results, "cluster_latency")
+    fan = rows(results, "cluster_fanout")
+    sub = rows(results, "cluster_submit")
+    if not (lat or fan or sub):
+        return []
+    lines = ["", "### Cluster mode (Redis)", "",
+             "One redis-server (nothing saved) and two replicas, all pinned with the servers; "
+             "replica b starts first and its only worker holds an idle task, so replica a "
+             "claims and runs every ticker and a stream on b follows it through Redis "
+             "(worker -> append script -> pub/sub -> b -> socket). The tickers run while the "
+             "readers connect, each from the event its task was at (`last_event_id`); events "
+             "from before the window are checked for gaps, not timed. "
+             "Redis commands: INFO commandstats (commands run by the scripts included, INFO "
+             "left out) between two snapshots at the ends of the window; events produced: the "
+             "tasks' `top` in Redis at the same moments (nchan: per publish over the "
+             "publisher's run); deliveries: events produced x readers per task. Subscribed "
+             "replicas: PUBSUB NUMSUB of the first task's live channel.", ""]
+    if lat:
+        lines += [f"Latency rows: the median of {len(lat[0].get('rounds') or [1])} rounds (each "
+                  "round runs every case once, in this order); max: the worst of them.", "",
+                  "| server | mode | read on | tasks x readers | delivered/s | p50 (ms) | "
+                  "p99 (ms) | p99 of each round (ms) | max (ms) | p99 vs memory (ms) | "
+                  "EVALSHA / PUBLISH / all per event | "
+                  "commands per delivery | subscribed replicas | Redis bytes out per event | "
+                  "Redis CPU us per event | CPU us per delivery |",
+                  "| --- | --- | --- | --- " + "| ---: " * 12 + "|"]
+        for r in lat:
+            m = cluster_latency_pick(results, r["server"], "memory", "same", r["readers"])
+            vs = (f"{r['p99_ms'] - m['p99_ms']:+.2f}" if m and r is not m else "")
+            cmds = (f"{r['evalsha_per_event']:.2f} / {r['publish_per_event']:.2f} / "
+                    f"{r['calls_per_event']:.2f}" if r.get("calls_per_event") is not None else "-")
+            per_d = (f"{r['calls_per_delivery']:.3f}" if r.get("calls_per_delivery") is not None
+                     else "-")
+            subs = r.get("subscribed_replicas")
+            each = ", ".join(fmt_num(x["p99_ms"]) for x in r.get("rounds") or [r])
+            lines.append(f"| {r['server']} | {r['mode']} | {r['readers_on']} | "
+                         f"{r['tasks']} x {r['readers']} | {fmt_num(r['delivery_rate'])} | "
+                         f"{fmt_num(r['p50_ms'])} | {fmt_num(r['p99_ms'])} | {each} | "
+                         f"{fmt_num(r['max_ms'])} | {vs} | {cmds} | {per_d} | "
+                         f"{subs if subs is not None else '-'} | "
+                         f"{fmt_num(r.get('net_out_per_event_b'))} | "
+                         f"{fmt_num(r.get('redis_cpu_us_per_event'))} | "
+                         f"{cpu_cell(r.get('cpu_us_per_delivery'))} |")
+        calls = [r for r in lat if r.get("calls")]
+        if calls:
+            lines += ["", "Commands per produced event, by command:", ""]
+            for r in calls:
+                p = max(1, r.get("produced") or 1)
+                top = [kv for kv in sorted(r["calls"].items(), key=lambda kv: -kv[1])
+                       if kv[1] / p >= 0.005][:10]
+                lines.append(f"- {r['server']} {r['mode']}, read on {r['readers_on']}, "
+                             f"{r['tasks']} x {r['readers']} ({r['produced']:,} events): "
+                             + ", ".join(f"{k} {v / p:.2f}" for k, v in top))
+    if fan:
+        lines += ["", "| mode | servers x readers | events/s per stream: asked / sent | "
+                  "offered/s | delivered/s | p50 (ms) | p99 (ms) | max (ms) | CPU % | "
+                  "CPU us per delivery, all processes | commands per event | held |",
+                  "| --- | --- " + "| ---: " * 9 + "| --- |"]
+        for r in fan:
+            why = "yes" if r["held"] else "no: " + ("; ".join(r["problems"]) or
+                                                     "p99 >= 100 ms")
+            servers = (f"2 replicas x {r['readers_each']:,}" if r["mode"] == "cluster"
+                       else f"1 x {r['streams']:,}")
+            lines.append(f"| {r['mode']} | {servers} | {r['rate_per_stream']} / "
+                         f"{fmt_num(r['source_rate'])} | {r['offered']:,} | "
+                         f"{fmt_num(r['delivery_rate'])} | {fmt_num(r['p50_ms'])} | "
+                         f"{fmt_num(r['p99_ms'])} | {fmt_num(r['max_ms'])} | "
+                         f"{cpu_cell(r.get('cpu_pct'))} | "
+                         f"{fmt_num(sum((r.get('cpu_us_per_delivery') or {}).values()) or None)}"
+                         f" | {fmt_num(r.get('calls_per_event'))} | {why} |")
+    if sub:
+        lines += ["", "| mode | connections | accepted/s | 4xx | 5xx | p50 (ms) | p99 (ms) | "
+                  "queued after the POSTs | all ended after (s) | ended per s | "
+                  "Redis commands per task | CPU us per task |", "| --- " + "| ---: " * 11 + "|"]
+        for r in sub:
+            backlog = r["backlog_after_posts"]
+            lines.append(f"| {r['mode']} | {r['connections']} | {fmt_num(r['accepted_per_s'])} | "
+                         f"{r['status_4xx']} | {r['status_5xx']} | {fmt_num(r['p50_ms'])} | "
+                         f"{fmt_num(r['p99_ms'])} | "
+                         f"{backlog if backlog is not None else '-'} | "
+                         f"{fmt_num(r['all_done_s'])} | {fmt_num(r.get('done_per_s'))} | "
+                         f"{fmt_num(r.get('calls_per_task'))} | "
+                         f"{cpu_cell(r.get('cpu_us_per_task'))} |")
+        for r in sub:
+            if r.get("calls"):
+                n = max(1, r["accepted"])
+                top = [kv for kv in sorted(r["calls"].items(), key=lambda kv: -kv[1])
+                       if kv[1] / n >= 0.05 and kv[0] != "xlen"][:16]
+                lines += ["", f"Redis commands per task, {r['mode']} mode (POST to end): "
+                          + ", ".join(f"{k} {v / n:.2f}" for k, v in top)]
+    return lines
+
+
+# --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
 
@@ -1723,6 +2714,7 @@ def summary_table(results, cfg, pinned=True, fanout_only=False):
                      f"| {fmt_num(r['exit_ms'])}; {r['ended']:,} / {r['cut']} | n/a | | "
                      f"all get end |")
     lines += storm_summary(results)
+    lines += cluster_summary(results)
     for r in rows(results, "idle100k"):
         lines.append(f"| idle streams held by one taskstreamd (asked {r['requested']:,}); "
                      f"first limit hit | {r['held']:,}; {r['first_limit'] or 'none'} | n/a | | |")
@@ -1945,6 +2937,7 @@ def render(results, facts, cfg, argv):
     lines += detail_tables(results)
     lines += storm_detail(results)
     lines += idle_detail(results)
+    lines += cluster_detail(results)
     probs = problems_of(results)
     if probs:
         lines += ["", "### Problems seen by the harness", ""] + [f"- {p}" for p in probs]
@@ -1981,7 +2974,7 @@ def write_doc(path, body):
 # main
 # --------------------------------------------------------------------------
 
-SCENARIOS = ("held", "fanout", "many", "submit", "shutdown", "storm", "idle100k")
+SCENARIOS = ("held", "fanout", "many", "submit", "shutdown", "storm", "idle100k", "cluster")
 
 
 def main(argv):
@@ -2022,6 +3015,9 @@ def main(argv):
                     "values, a fresh server each (1,2)")
     ap.add_argument("--idle100k", type=int, metavar="N",
                     help="idle streams one taskstreamd holds, at most N (100000; smoke 300)")
+    ap.add_argument("--cluster-fanout", metavar="N:R,R,...",
+                    help="cluster: readers per replica and the events/s per stream stepped "
+                    "through (1000:10,50,100,200,500,1000; smoke 10:20,50)")
     ap.add_argument("--window", type=float, help="measurement window of a fan-out step (s)")
     ap.add_argument("--perf", metavar="DIR",
                     help="fan-out: record each server with perf (call graphs) into DIR")
@@ -2072,6 +3068,12 @@ def main(argv):
         cfg.plan["storm_threads"] = [int(x) for x in args.storm_threads.split(",")]
     if args.idle100k:
         cfg.plan["idle100k"] = args.idle100k
+    if args.cluster_fanout:
+        try:
+            n, steps = args.cluster_fanout.split(":")
+            cfg.plan["cluster_fanout"] = (int(n), [int(r) for r in steps.split(",")])
+        except ValueError:
+            ap.error("--cluster-fanout wants N:R,R,..., e.g. 1000:10,100")
     if args.window:
         cfg.window = args.window
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -2121,6 +3123,8 @@ def main(argv):
             scenario_storm(cfg, servers, results)
         if "idle100k" in only:
             scenario_idle100k(cfg, cfg.plan["idle100k"], results)
+        if "cluster" in only:
+            scenario_cluster(cfg, servers, results)
     finally:
         elapsed = time.monotonic() - started
         log(f"done in {elapsed:.0f} s")

@@ -114,7 +114,7 @@ struct opts {
     uint64_t count;    /* pub: at most this many requests, 0: no cap */
     const char *body;  /* pub: template with %n %c %t %p %% */
     unsigned payload_bytes;
-    double interval_us; /* poll */
+    double interval_us;    /* poll */
     const char *bind_host; /* bind every socket to this source address (port 0) */
     bool until_first;      /* sub: done once every open stream had its first event */
 };
@@ -999,14 +999,20 @@ sub_data(struct ctx *x, struct conn *c, const char *p, size_t n)
         if (c->state == C_HEAD) {
             const char *end;
             size_t old = c->len, head_len;
+            /* Only what can still be head: the body that follows it in
+             * the same read (a replay can be far larger) is fed below. */
+            size_t take = n < HEAD_MAX_BYTES - old ? n : HEAD_MAX_BYTES - old;
 
-            if (append(c, p, n, HEAD_MAX_BYTES) != 0) {
+            if (take == 0 || append(c, p, take, HEAD_MAX_BYTES) != 0) {
                 sub_finish(x, c, F_FAILED);
                 return;
             }
             end = memmem(c->buf, c->len, "\r\n\r\n", 4);
-            if (end == NULL)
+            if (end == NULL) {
+                if (take < n) /* a head of HEAD_MAX_BYTES and more */
+                    sub_finish(x, c, F_FAILED);
                 return;
+            }
             head_len = (size_t)(end - c->buf) + 4;
             if (parse_head(c, head_len) != 0) {
                 sub_finish(x, c, F_FAILED);

@@ -112,3 +112,32 @@ def test_shutdown(smoke):
 
 def test_no_server_exit_problem(smoke):
     assert not rows(smoke, "server_exit"), rows(smoke, "server_exit")
+
+
+def test_cluster(smoke):
+    if rows(smoke, "cluster_skipped"):
+        pytest.skip("redis-server is not installed (scripts/deps.sh test)")
+    lat = rows(smoke, "cluster_latency", "taskstreamd")
+    seen = {(r["mode"], r["readers_on"]) for r in lat}
+    assert seen >= {("memory", "same"), ("cluster", "other"), ("cluster", "owner")}, seen
+    for r in lat:
+        assert r["window_events"] > 0 and r["gaps"] == 0 and r["cut"] == 0, r
+        assert r["caught_up"] == r["streams"], r
+        if r["mode"] == "cluster":
+            # the commands of the window were counted, scripts included
+            assert r["produced"] > 0 and r["evalsha_per_event"] > 0, r
+            assert r["publish_per_event"] > 0, r
+    fan = rows(smoke, "cluster_fanout")
+    assert {r["mode"] for r in fan} == {"memory", "cluster"}, fan
+    for r in fan:
+        assert r["window_events"] > 0, r
+        assert r["gaps"] == 0 and r["cut"] == 0, r
+    sub = rows(smoke, "cluster_submit")
+    assert {r["mode"] for r in sub} == {"memory", "cluster"}, sub
+    for r in sub:
+        assert r["accepted"] > 0 and r["status_5xx"] == 0, r
+    if "nginx+nchan" in smoke["servers"]:
+        nchan = rows(smoke, "cluster_latency", "nginx+nchan")
+        assert {r["mode"] for r in nchan} == {"memory", "cluster"}, nchan
+        for r in nchan:
+            assert r["window_events"] > 0 and r["gaps"] == 0, r
