@@ -55,8 +55,8 @@ static const char append_lua[] =
     "local id, top = tonumber(ARGV[3]), tonumber(m[3])\n"
     "if id <= top then return 1 end\n"
     "if id ~= top + 1 then return redis.error_reply('ERR event ' .. id .. ' after ' .. top) end\n"
-    "redis.call('HSET', KEYS[1], 'top', id)\n"
-    "if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'checkpoint', ARGV[6]) end\n"
+    "if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'top', id, 'checkpoint', ARGV[6])\n"
+    "else redis.call('HSET', KEYS[1], 'top', id) end\n"
     "redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', ARGV[4])\n"
     "redis.call('PUBLISH', KEYS[3], 'm' .. id .. '\\n' .. ARGV[4])\n"
     "return 1\n";
@@ -179,6 +179,7 @@ struct ts_cluster {
     char epoch[33];         /* Redis' data as first seen here; claimer thread */
     int64_t lost_data_ns;   /* when Redis was seen to have lost its data; claimer */
     bool restore_pending;   /* the tasks running here are not all back yet; claimer */
+    bool epoch_due;         /* look at the epoch at the next wake; mu */
     struct follow *follows; /* uthash by id */
     bool follows_changed;   /* a follow is new or ended: the subscriber has work */
 
@@ -781,6 +782,18 @@ janitor(struct ts_cluster *cl, struct ts_redis_conn *c)
     }
 }
 
+static bool
+epoch_due(struct ts_cluster *cl)
+{
+    bool due;
+
+    pthread_mutex_lock(&cl->mu);
+    due = cl->epoch_due;
+    cl->epoch_due = false;
+    pthread_mutex_unlock(&cl->mu);
+    return due;
+}
+
 /*
  * Redis' data has an epoch: a random value set once (SET NX) by the first
  * replica to connect. A different or missing value later means Redis lost
@@ -1003,7 +1016,9 @@ claimer_main(void *arg)
         }
         cl->wake_claimer = false;
         pthread_mutex_unlock(&cl->mu);
-        if (check_epoch(cl, c))
+        /* Each round, and at once when the subscriber reconnected (a Redis
+         * that restarted closes every connection). */
+        if ((round || epoch_due(cl)) && check_epoch(cl, c))
             grouped = false; /* the group went with the data */
         if (!grouped && ts_redis_call(c, &r, "XGROUP CREATE %s " GROUP " 0 MKSTREAM", queue) == 0) {
             grouped = true; /* BUSYGROUP: another replica made it */
@@ -1249,7 +1264,10 @@ subscriber_main(void *arg)
              * follow is backfilled again from where its log is. */
             if (ts_redis_conn_ensure(sub) == 0 && subscribe_base(cl, sub) == 0) {
                 rc = sync_follows(cl, sub, true);
-                store_worker_free(cl); /* the claimer looks at Redis' epoch now */
+                pthread_mutex_lock(&cl->mu);
+                cl->epoch_due = true; /* the claimer looks at Redis' epoch now */
+                pthread_mutex_unlock(&cl->mu);
+                store_worker_free(cl);
             }
             if (!ts_redis_conn_connected(sub) || rc != 0) {
                 poll(fds, 1, 250); /* the client's back-off decides when to try */
@@ -1585,13 +1603,15 @@ ts_cluster_cancel(struct ts_cluster *cl, const char *id, json_t **out)
             rc = -EALREADY;
         } else if (str_is(r->element[0], "running") && r->elements == 2 &&
                    reply_is(r->element[1], REDIS_REPLY_STRING)) {
+            char ctl[KEY_MAX], msg[48];
             redisReply *p;
-            char ctl[KEY_MAX];
 
             /* The owner is told; it also sees the flag at its next renewal,
-             * should it miss the message. */
+             * should it miss the message. One argument: "PUBLISH %s cancel
+             * %s" would be four, which Redis refuses. */
             ctl_key(cl, ctl, r->element[1]->str);
-            if (ts_redis_call(c, &p, "PUBLISH %s cancel %s", ctl, id) == 0)
+            snprintf(msg, sizeof(msg), "cancel %s", id);
+            if (ts_redis_call(c, &p, "PUBLISH %s %s", ctl, msg) == 0)
                 freeReplyObject(p);
         }
         freeReplyObject(r);

@@ -157,8 +157,10 @@ def test_follow_on_b_resume_on_c(cluster):
 
 def test_cancel_from_another_replica(cluster):
     """DELETE on a replica that does not run the task: 202; a stream on the
-    third replica ends cancelled/client; every replica says cancelled."""
-    group = cluster(3)
+    third replica ends cancelled/client; every replica says cancelled. The
+    lease is long (renewed every 20 s): the cancel must reach the owner by
+    its control channel, not by the renewal that also carries it."""
+    group = cluster(3, env={"TASK_LEASE": "60s"})
     t = group[0].submit(count=1000, interval_ms=50)
     owner, _ = wait_owner(group, t["id"])
     canceller, watcher = group.others(owner)
