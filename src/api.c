@@ -3,11 +3,14 @@
  * docs/streams.md): submit, list, read and cancel tasks, list the commands,
  * and follow a task's events over SSE.
  *
- * Handlers translate HTTP to the task service and back; every error is JSON
- * {"error": code, "message": sentence} and says what is wrong and where.
- * While draining, submissions get 503 with Retry-After (another instance
- * should take them), and everything else keeps working: a client
- * reconnecting to its task must find it.
+ * Handlers translate HTTP to the task service and back, or in cluster mode
+ * to the store for what is global (submit, read, list, cancel, the first
+ * follow of a task: cluster.h); every error is JSON {"error": code,
+ * "message": sentence} and says what is wrong and where. While draining, a
+ * single process answers submissions 503 with Retry-After (another instance
+ * should take them), while a cluster replica still enqueues them (another
+ * replica claims them); everything else keeps working: a client reconnecting
+ * to its task must find it. Redis unavailable: 503 store_unavailable.
  */
 #include <errno.h>
 #include <stdio.h>
