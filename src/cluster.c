@@ -11,7 +11,7 @@
  *   P{id}:events  stream, entry id "<event id>-0", field f: the SSE frame
  *                 as the owner encoded it (end: 1 on the last)
  *   P{id}:live    channel: "m<id>\n<frame>", "e<id>\n<frame>" for the end
- *   Ptasks        sorted set of every task by creation (ms)
+ *   Ptasks        sorted set of every task by creation (microseconds)
  *   Pqueue        stream of task ids, consumer group "workers"
  *   Pnotify       channel: a task was queued
  *   Pctl:<replica> channel: "cancel <id>" for the tasks a replica runs
@@ -249,12 +249,6 @@ log_reply_error(struct ts_cluster *cl, const char *what, const redisReply *r)
     ts_log(cl->log, TS_LOG_ERROR, "redis refused a command", TS_F_STR("command", what),
            TS_F_STR("error", reply_is(r, REDIS_REPLY_ERROR) ? r->str : "unexpected reply"),
            TS_F_END);
-}
-
-static int64_t
-now_ms(struct ts_cluster *cl)
-{
-    return ts_clock_wall_ns(&cl->clock) / TS_NS_PER_MS;
 }
 
 /* A queue entry is done with: acknowledged and deleted, so the queue
@@ -900,7 +894,7 @@ restore_task(struct ts_cluster *cl, struct ts_redis_conn *c, struct ts_task *t, 
     if (ts_redis_call(c, &r, "XCLAIM %s " GROUP " %s 0 %s FORCE JUSTID", queue, cl->replica,
                       entry) == 0)
         freeReplyObject(r);
-    if (ts_redis_call(c, &r, "ZADD %s %" PRId64 " %s", tasks, created_ms, id) == 0)
+    if (ts_redis_call(c, &r, "ZADD %s %" PRId64 " %s", tasks, created_ms * 1000, id) == 0)
         freeReplyObject(r);
     for (;;) {
         size_t n = ts_task_events(t, from, last, evs, TS_ARRAY_SIZE(evs));
@@ -1518,6 +1512,8 @@ int
 ts_cluster_submit(struct ts_cluster *cl, const json_t *body, json_t **out, char *err, size_t errlen)
 {
     char id[33], meta[KEY_MAX], tasks[KEY_MAX], queue[KEY_MAX], notify[KEY_MAX], created[24];
+    char score[24];
+    int64_t now_us = ts_clock_wall_ns(&cl->clock) / 1000;
     const char *kind = json_string_value(json_object_get(body, "kind"));
     struct ts_redis_conn *c;
     char *text;
@@ -1537,7 +1533,10 @@ ts_cluster_submit(struct ts_cluster *cl, const json_t *body, json_t **out, char 
     global_key(cl, tasks, "tasks");
     global_key(cl, queue, "queue");
     global_key(cl, notify, "notify");
-    snprintf(created, sizeof(created), "%" PRId64, now_ms(cl));
+    /* The list's order: microseconds (exact in a double), so that tasks
+     * submitted one after the other never share a score. */
+    snprintf(created, sizeof(created), "%" PRId64, now_us / 1000);
+    snprintf(score, sizeof(score), "%" PRId64, now_us);
     c = ts_redis_get(cl->redis);
     if (c == NULL) {
         free(text);
@@ -1548,7 +1547,7 @@ ts_cluster_submit(struct ts_cluster *cl, const json_t *body, json_t **out, char 
     rc = ts_redis_appendf(c, "HSET %s kind %s body %s state queued created %s top 0 attempt 0",
                           meta, kind, text, created);
     if (rc == 0)
-        rc = ts_redis_appendf(c, "ZADD %s %s %s", tasks, created, id);
+        rc = ts_redis_appendf(c, "ZADD %s %s %s", tasks, score, id);
     if (rc == 0)
         rc = ts_redis_appendf(c, "XADD %s * t %s", queue, id);
     if (rc == 0)
