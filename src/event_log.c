@@ -80,6 +80,28 @@ data_valid(const char *data, size_t data_len)
     return true;
 }
 
+/* An event of one reference whose `len` frame bytes the caller writes at
+ * ev->frame, inside its chunk: the chunk head and the closing CRLF (and a
+ * NUL) are in place. The caller has checked that len leaves room. */
+static struct ts_event *
+event_alloc(uint64_t id, size_t len)
+{
+    struct ts_event *ev = malloc(sizeof(*ev) + CHUNK_HEAD_MAX + len + 3);
+    int n;
+
+    if (ev == NULL)
+        return NULL;
+    ev->refs = 1;
+    ev->id = id;
+    ev->len = len;
+    n = snprintf(ev->chunk, CHUNK_HEAD_MAX + 1, "%zx\r\n", len);
+    assert(n > 0 && n <= CHUNK_HEAD_MAX);
+    ev->frame = ev->chunk + n;
+    memcpy(ev->chunk + n + len, "\r\n", 3);
+    ev->chunk_len = (size_t)n + len + 2;
+    return ev;
+}
+
 struct ts_event *
 ts_event_new(uint64_t id, const char *name, const char *data, size_t data_len)
 {
@@ -104,22 +126,14 @@ ts_event_new(uint64_t id, const char *name, const char *data, size_t data_len)
         !data_valid(data, data_len))
         return NULL;
     len = head_len + data_len + 2;
-    ev = malloc(sizeof(*ev) + CHUNK_HEAD_MAX + len + 3);
+    ev = event_alloc(id, len);
     if (ev == NULL)
         return NULL;
-
-    ev->refs = 1;
-    ev->id = id;
-    ev->len = len;
-    n = snprintf(ev->chunk, CHUNK_HEAD_MAX + 1, "%zx\r\n", len);
-    assert(n > 0 && n <= CHUNK_HEAD_MAX);
-    frame = ev->chunk + n;
+    frame = (char *)ev->frame;
     memcpy(frame, head, head_len);
     if (data_len > 0)
         memcpy(frame + head_len, data, data_len);
-    memcpy(frame + head_len + data_len, "\n\n\r\n", 5);
-    ev->chunk_len = (size_t)n + len + 2;
-    ev->frame = frame;
+    memcpy(frame + head_len + data_len, "\n\n", 2);
     return ev;
 }
 
@@ -199,18 +213,9 @@ ts_event_from_frame(uint64_t id, const char *frame, size_t len)
         memcmp(frame, head, (size_t)n) != 0 || memcmp(frame + len - 2, "\n\n", 2) != 0 ||
         memchr(frame, '\0', len) != NULL)
         return NULL;
-    ev = malloc(sizeof(*ev) + CHUNK_HEAD_MAX + len + 3);
-    if (ev == NULL)
-        return NULL;
-    ev->refs = 1;
-    ev->id = id;
-    ev->len = len;
-    n = snprintf(ev->chunk, CHUNK_HEAD_MAX + 1, "%zx\r\n", len);
-    assert(n > 0 && n <= CHUNK_HEAD_MAX);
-    memcpy(ev->chunk + n, frame, len);
-    memcpy(ev->chunk + n + len, "\r\n", 3);
-    ev->frame = ev->chunk + n;
-    ev->chunk_len = (size_t)n + len + 2;
+    ev = event_alloc(id, len);
+    if (ev != NULL)
+        memcpy((char *)ev->frame, frame, len);
     return ev;
 }
 
