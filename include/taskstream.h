@@ -111,6 +111,18 @@ struct ts_config {
     int64_t redis_timeout_ms;  /* connect and command deadline */
     int64_t task_lease_ms;     /* a task's owner renews within this */
 
+    /* Who may do what (docs/auth.md). Files are read by the server, again
+     * on SIGHUP. */
+    char *jwt_secret_file;          /* HS256 secret; NULL: none */
+    char *jwt_public_key_file;      /* PEM, RS256 or ES256; NULL: none */
+    char *jwt_issuer;               /* NULL: iss not checked */
+    char *jwt_audience;             /* NULL: aud not checked */
+    int64_t jwt_leeway_ms;          /* clock skew allowed on exp and nbf */
+    int64_t stream_token_ttl_ms;    /* lifetime of the stream tokens we mint */
+    char *stream_token_secret_file; /* their HS256 key; NULL: a random one */
+    char *auth_cookie;              /* cookie that may carry a credential; NULL: none */
+    char *cors_origins;             /* "origin,origin" or "*"; NULL: no CORS */
+
     enum ts_log_format log_format;
     enum ts_log_level log_level;
 };

@@ -5,12 +5,14 @@
 set -eu
 
 # xxd embeds the dashboard (web/) into the binary at build time; hiredis is
-# the Redis client of cluster mode.
-build="cmake ninja-build gcc clang pkg-config libjansson-dev uthash-dev libsystemd-dev xxd libhiredis-dev"
+# the Redis client of cluster mode; libjwt (with OpenSSL's libcrypto) checks
+# the signatures of JWTs.
+build="cmake ninja-build gcc clang pkg-config libjansson-dev uthash-dev libsystemd-dev xxd libhiredis-dev libjwt-dev libssl-dev"
 # chromium, nginx, node: the real clients and proxy of tests/e2e (the npm
 # packages they use are installed by the tests from their lockfile);
-# redis-server: the store of the cluster tests, started by the tests.
-test="$build libcmocka-dev python3 python3-pytest python3-yaml python3-h11 curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx redis-server"
+# redis-server: the store of the cluster tests, started by the tests;
+# python3-jwt mints the tests' tokens independently of our code.
+test="$build libcmocka-dev python3 python3-pytest python3-yaml python3-h11 python3-jwt python3-cryptography curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx redis-server"
 bench="$build python3 nginx libnginx-mod-nchan redis-server"
 
 case "${1:-build}" in

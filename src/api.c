@@ -27,14 +27,44 @@
 #define RETRY_AFTER_QUEUE_FULL "1"
 #define RETRY_AFTER_STORE "1"
 
-/* Optional API key. Returns true when the request may go on. */
-static bool
-api_authorized(struct ts_server *srv, struct ts_http_request *req)
+/* Who is asking, for the length of one handler: the policy in force when
+ * the request came (a reload may swap it meanwhile) and what it grants. */
+struct caller {
+    struct ts_auth *auth;
+    struct ts_principal p;
+};
+
+typedef void api_handler(struct ts_server *srv, struct caller *who, struct ts_http_request *req,
+                         const char *id);
+
+/* Run `fn` for an authenticated request; anything else is answered here. */
+static void
+as_caller(void *app, struct ts_http_request *req, const char *id, api_handler *fn)
 {
-    if (ts_server_check_key(srv, TS_SERVER_KEY_API, req) != -EACCES)
-        return true;
-    ts_http_reply_unauthorized(req, "taskstream", "API key");
-    return false;
+    struct ts_server *srv = app;
+    struct caller who = {.auth = ts_server_auth(srv)};
+
+    if (ts_auth_request(who.auth, req, &who.p) == 0)
+        fn(srv, &who, req, id);
+    ts_principal_dispose(&who.p);
+    ts_auth_unref(who.auth);
+}
+
+/* A stream token reads its task and nothing else. */
+static bool
+refuse_stream_token(struct caller *who, struct ts_http_request *req, const char *what)
+{
+    if (who->p.kind != TS_PRINCIPAL_STREAM)
+        return false;
+    ts_auth_forbid(who->auth, req, &who->p, what);
+    return true;
+}
+
+/* Does deciding whether `who` may see a task need to know who submitted it? */
+static bool
+needs_submitter(const struct caller *who)
+{
+    return who->p.kind == TS_PRINCIPAL_USER && !ts_principal_all(&who->p) && !who->p.see_all;
 }
 
 static void
@@ -78,46 +108,107 @@ is_json_type(const char *ctype)
            (ctype[n] == '\0' || ctype[n] == ';' || ctype[n] == ' ');
 }
 
-/* Takes `body`. */
+/* The task's JSON of an answer, with a stream token for it. */
 static void
-post_task_cluster(struct ts_server *srv, struct ts_http_request *req, json_t *body)
+reply_task(struct caller *who, struct ts_http_request *req, unsigned status, json_t *task)
 {
-    char err[256], location[64];
-    json_t *task;
-    int rc;
-
-    rc = ts_cluster_submit(srv->cluster, body, &task, err, sizeof(err));
-    json_decref(body);
-    if (rc == -ENOENT) {
-        ts_http_reply_error(req, 404, "unknown_kind", "%s", err);
-    } else if (rc == -EINVAL) {
-        ts_http_reply_error(req, 422, "invalid_parameters", "%s", err);
-    } else if (store_down(rc)) {
-        reply_store_down(req);
-    } else if (rc != 0) {
-        ts_http_reply_error(req, 500, "internal", "cannot create the task: %s", ts_strerror(rc));
-    } else {
-        snprintf(location, sizeof(location), "/v1/tasks/%s",
-                 json_string_value(json_object_get(task, "id")));
-        ts_http_add_header(req, "Location", location);
-        ts_http_reply_json(req, 202, task);
-    }
+    ts_auth_add_stream_token(who->auth, &who->p, task,
+                             json_string_value(json_object_get(task, "id")));
+    ts_http_reply_json(req, status, task);
 }
 
 static void
-post_task(void *app, struct ts_http_request *req, const char *id)
+reply_submitted(struct caller *who, struct ts_http_request *req, json_t *task)
 {
-    struct ts_server *srv = app;
-    struct ts_task *task;
-    json_error_t jerr;
-    json_t *body;
-    const char *text;
-    char err[256], location[64];
-    size_t len;
+    char location[64];
+
+    snprintf(location, sizeof(location), "/v1/tasks/%s",
+             json_string_value(json_object_get(task, "id")));
+    ts_http_add_header(req, "Location", location);
+    reply_task(who, req, 202, task);
+}
+
+/* Takes `body`. */
+static void
+submit_cluster(struct ts_server *srv, struct caller *who, struct ts_http_request *req, json_t *body)
+{
+    char err[256];
+    json_t *task;
     int rc;
 
+    rc = ts_cluster_submit(srv->cluster, body, ts_principal_sub(&who->p), &task, err, sizeof(err));
+    json_decref(body);
+    if (rc == -ENOENT)
+        ts_http_reply_error(req, 404, "unknown_kind", "%s", err);
+    else if (rc == -EINVAL)
+        ts_http_reply_error(req, 422, "invalid_parameters", "%s", err);
+    else if (store_down(rc))
+        reply_store_down(req);
+    else if (rc != 0)
+        ts_http_reply_error(req, 500, "internal", "cannot create the task: %s", ts_strerror(rc));
+    else
+        reply_submitted(who, req, task);
+}
+
+/* Takes `body`. */
+static void
+submit_local(struct ts_server *srv, struct caller *who, struct ts_http_request *req, json_t *body)
+{
+    struct ts_task *task;
+    char err[256];
+    int rc;
+
+    rc = ts_task_submit(srv->tasks, body, ts_principal_sub(&who->p), &task, err, sizeof(err));
+    json_decref(body);
+    switch (rc) {
+    case 0:
+        reply_submitted(who, req, ts_task_to_json(task));
+        ts_task_unref(task);
+        return;
+    case -ESHUTDOWN:
+        reply_with_retry(req, 503, RETRY_AFTER_DRAINING, "draining", err);
+        return;
+    case -EAGAIN:
+        reply_with_retry(req, 429, RETRY_AFTER_QUEUE_FULL, "queue_full", err);
+        return;
+    case -ENOSPC:
+        reply_with_retry(req, 503, RETRY_AFTER_QUEUE_FULL, "retained_bytes", err);
+        return;
+    case -ENOENT:
+        ts_http_reply_error(req, 404, "unknown_kind", "%s", err);
+        return;
+    case -EINVAL:
+        ts_http_reply_error(req, 422, "invalid_parameters", "%s", err);
+        return;
+    default:
+        ts_http_reply_error(req, 500, "internal", "cannot create the task: %s", ts_strerror(rc));
+        return;
+    }
+}
+
+/* What a submission is named by for the rights: its kind, or for a
+ * command task the command's name. */
+static const char *
+submission_name(const json_t *body)
+{
+    const char *kind = json_string_value(json_object_get(body, "kind"));
+
+    if (kind != NULL && strcmp(kind, "command") == 0)
+        return json_string_value(json_object_get(body, "command"));
+    return kind;
+}
+
+static void
+submit(struct ts_server *srv, struct caller *who, struct ts_http_request *req, const char *id)
+{
+    json_error_t jerr;
+    json_t *body;
+    const char *text, *name;
+    char what[128];
+    size_t len;
+
     (void)id;
-    if (!api_authorized(srv, req))
+    if (refuse_stream_token(who, req, "submit tasks (a stream token reads its one task)"))
         return;
     /* In cluster mode a draining replica still enqueues: another claims. */
     if (srv->cluster == NULL && ts_drain_is_draining(&srv->drain)) {
@@ -143,56 +234,35 @@ post_task(void *app, struct ts_http_request *req, const char *id)
                             "the body must be a JSON object with a \"kind\"");
         return;
     }
-
-    if (srv->cluster != NULL) {
-        post_task_cluster(srv, req, body);
+    name = submission_name(body);
+    if (!ts_principal_may_submit(&who->p, name)) {
+        snprintf(what, sizeof(what), "submit \"%.64s\" (its kinds claim does not match it)",
+                 name != NULL ? name : "");
+        ts_auth_forbid(who->auth, req, &who->p, what);
+        json_decref(body);
         return;
     }
-    rc = ts_task_submit(srv->tasks, body, &task, err, sizeof(err));
-    json_decref(body);
-    switch (rc) {
-    case 0:
-        break;
-    case -ESHUTDOWN:
-        reply_with_retry(req, 503, RETRY_AFTER_DRAINING, "draining", err);
-        return;
-    case -EAGAIN:
-        reply_with_retry(req, 429, RETRY_AFTER_QUEUE_FULL, "queue_full", err);
-        return;
-    case -ENOSPC:
-        reply_with_retry(req, 503, RETRY_AFTER_QUEUE_FULL, "retained_bytes", err);
-        return;
-    case -ENOENT:
-        ts_http_reply_error(req, 404, "unknown_kind", "%s", err);
-        return;
-    case -EINVAL:
-        ts_http_reply_error(req, 422, "invalid_parameters", "%s", err);
-        return;
-    default:
-        ts_http_reply_error(req, 500, "internal", "cannot create the task: %s", ts_strerror(rc));
-        return;
-    }
-
-    snprintf(location, sizeof(location), "/v1/tasks/%s", ts_task_get_id(task));
-    ts_http_add_header(req, "Location", location);
-    ts_http_reply_json(req, 202, ts_task_to_json(task));
-    ts_task_unref(task);
+    if (srv->cluster != NULL)
+        submit_cluster(srv, who, req, body);
+    else
+        submit_local(srv, who, req, body);
 }
 
 #define LIST_LIMIT_MAX 10000
 
-/* GET /v1/tasks[?state=running[,queued...]][&limit=N]: newest first. */
+/* GET /v1/tasks[?state=running[,queued...]][&limit=N]: newest first, those
+ * the caller may see. */
 static void
-get_tasks(void *app, struct ts_http_request *req, const char *id)
+list(struct ts_server *srv, struct caller *who, struct ts_http_request *req, const char *id)
 {
-    struct ts_server *srv = app;
     const char *state = ts_http_query(req, "state");
     const char *limit = ts_http_query(req, "limit");
+    const char *sub = needs_submitter(who) ? who->p.sub : NULL;
     uint64_t n = LIST_LIMIT_MAX;
     unsigned states = 0;
 
     (void)id;
-    if (!api_authorized(srv, req))
+    if (refuse_stream_token(who, req, "list tasks (a stream token reads its one task)"))
         return;
     if (state != NULL && ts_task_parse_states(state, &states) != 0) {
         ts_http_reply_error(req, 400, "invalid_query",
@@ -207,9 +277,9 @@ get_tasks(void *app, struct ts_http_request *req, const char *id)
     }
     if (srv->cluster != NULL) {
         const char *cursor = ts_http_query(req, "cursor");
-        json_t *list;
+        json_t *tasks;
         char *next;
-        int rc = ts_cluster_list(srv->cluster, states, (size_t)n, cursor, &list, &next);
+        int rc = ts_cluster_list(srv->cluster, states, sub, (size_t)n, cursor, &tasks, &next);
 
         if (rc == -EINVAL)
             ts_http_reply_error(req, 400, "invalid_query",
@@ -218,82 +288,122 @@ get_tasks(void *app, struct ts_http_request *req, const char *id)
             reply_store_down(req);
         else
             ts_http_reply_json(req, 200,
-                               json_pack("{s:o, s:s?}", "tasks", list, "next_cursor", next));
+                               json_pack("{s:o, s:s?}", "tasks", tasks, "next_cursor", next));
         free(next);
         return;
     }
     ts_http_reply_json(
-        req, 200, json_pack("{s:o}", "tasks", ts_task_service_list(srv->tasks, states, (size_t)n)));
+        req, 200,
+        json_pack("{s:o}", "tasks", ts_task_service_list(srv->tasks, states, sub, (size_t)n)));
 }
 
-/* GET /v1/commands: the allow-listed commands and their parameters (no
- * argv, no environment: those are the operator's). */
+/* GET /v1/commands: the allow-listed commands the caller may start, and
+ * their parameters (no argv, no environment: those are the operator's). */
 static void
-get_commands(void *app, struct ts_http_request *req, const char *id)
+commands(struct ts_server *srv, struct caller *who, struct ts_http_request *req, const char *id)
 {
-    struct ts_server *srv = app;
+    json_t *all, *mine;
+    size_t i;
+    json_t *cmd;
 
     (void)id;
-    if (!api_authorized(srv, req))
+    if (refuse_stream_token(who, req, "list commands (a stream token reads its one task)"))
         return;
-    ts_http_reply_json(
-        req, 200,
-        json_pack("{s:o}", "commands",
-                  srv->commands != NULL ? ts_commands_to_json(srv->commands) : json_array()));
+    all = srv->commands != NULL ? ts_commands_to_json(srv->commands) : json_array();
+    mine = json_array();
+    json_array_foreach(all, i, cmd) {
+        if (ts_principal_may_submit(&who->p, json_string_value(json_object_get(cmd, "name"))))
+            json_array_append(mine, cmd);
+    }
+    json_decref(all);
+    ts_http_reply_json(req, 200, json_pack("{s:o}", "commands", mine));
 }
 
-/* The task named by the path, or NULL after answering 404. */
+/* GET /v1/me: who the credential says the caller is. */
+static void
+me(struct ts_server *srv, struct caller *who, struct ts_http_request *req, const char *id)
+{
+    (void)srv;
+    (void)id;
+    ts_http_reply_json(req, 200, ts_principal_to_json(&who->p));
+}
+
+/* The task named by the path if `who` may see it, or NULL after answering
+ * 404: a task it may not see is one that does not exist. */
 static struct ts_task *
-find_task(struct ts_server *srv, struct ts_http_request *req, const char *id)
+find_task(struct ts_server *srv, struct caller *who, struct ts_http_request *req, const char *id)
 {
     struct ts_task *task = NULL;
 
     if (ts_is_task_id(id))
         task = ts_task_find(srv->tasks, id);
+    if (task != NULL && !ts_principal_may_see(&who->p, id, ts_task_submitter(task))) {
+        ts_task_unref(task);
+        task = NULL;
+    }
     if (task == NULL)
         reply_unknown_task(req, id);
     return task;
 }
 
-static void
-get_task(void *app, struct ts_http_request *req, const char *id)
+/* Cluster mode: the task's JSON if `who` may see it; otherwise NULL after
+ * answering (404 as above, or 503). */
+static json_t *
+find_task_cluster(struct ts_server *srv, struct caller *who, struct ts_http_request *req,
+                  const char *id)
 {
-    struct ts_server *srv = app;
+    json_t *o = NULL;
+    int rc = ts_cluster_get(srv->cluster, id, &o);
+
+    if (rc == 0 &&
+        !ts_principal_may_see(&who->p, id, json_string_value(json_object_get(o, "submitted_by")))) {
+        json_decref(o);
+        rc = -ENOENT;
+    }
+    if (rc == -ENOENT)
+        reply_unknown_task(req, id);
+    else if (rc != 0)
+        reply_store_down(req);
+    return rc == 0 ? o : NULL;
+}
+
+static void
+show(struct ts_server *srv, struct caller *who, struct ts_http_request *req, const char *id)
+{
     struct ts_task *task;
+    json_t *o;
 
-    if (!api_authorized(srv, req))
-        return;
     if (srv->cluster != NULL) {
-        json_t *o;
-        int rc = ts_cluster_get(srv->cluster, id, &o);
-
-        if (rc == -ENOENT)
-            reply_unknown_task(req, id);
-        else if (rc != 0)
-            reply_store_down(req);
-        else
-            ts_http_reply_json(req, 200, o);
+        o = find_task_cluster(srv, who, req, id);
+        if (o != NULL)
+            reply_task(who, req, 200, o);
         return;
     }
-    task = find_task(srv, req, id);
+    task = find_task(srv, who, req, id);
     if (task == NULL)
         return;
-    ts_http_reply_json(req, 200, ts_task_to_json(task));
+    reply_task(who, req, 200, ts_task_to_json(task));
     ts_task_unref(task);
 }
 
 static void
-delete_task(void *app, struct ts_http_request *req, const char *id)
+cancel(struct ts_server *srv, struct caller *who, struct ts_http_request *req, const char *id)
 {
-    struct ts_server *srv = app;
     struct ts_task *task;
 
-    if (!api_authorized(srv, req))
+    if (refuse_stream_token(who, req, "cancel tasks (a stream token only reads)"))
         return;
     if (srv->cluster != NULL) {
         json_t *o;
-        int rc = ts_cluster_cancel(srv->cluster, id, &o);
+        int rc;
 
+        if (needs_submitter(who)) {
+            o = find_task_cluster(srv, who, req, id);
+            if (o == NULL)
+                return;
+            json_decref(o);
+        }
+        rc = ts_cluster_cancel(srv->cluster, id, &o);
         if (rc == -ENOENT)
             reply_unknown_task(req, id);
         else if (rc == -EALREADY)
@@ -304,7 +414,7 @@ delete_task(void *app, struct ts_http_request *req, const char *id)
             ts_http_reply_json(req, 202, o);
         return;
     }
-    task = find_task(srv, req, id);
+    task = find_task(srv, who, req, id);
     if (task == NULL)
         return;
     if (ts_task_cancel(srv->tasks, task) == -EALREADY)
@@ -314,33 +424,44 @@ delete_task(void *app, struct ts_http_request *req, const char *id)
     ts_task_unref(task);
 }
 
-static void
-get_events(void *app, struct ts_http_request *req, const char *id)
+/* Cluster mode: the task's local copy to stream from (the first reader of
+ * a task here subscribes to it), or NULL after answering. */
+static struct ts_task *
+follow_cluster(struct ts_server *srv, struct caller *who, struct ts_http_request *req,
+               const char *id)
 {
-    struct ts_server *srv = app;
+    struct ts_task *task = NULL;
+    int rc;
+
+    if (needs_submitter(who)) {
+        json_t *o = find_task_cluster(srv, who, req, id);
+
+        if (o == NULL)
+            return NULL;
+        json_decref(o);
+    } else if (!ts_principal_may_see(&who->p, id, NULL)) {
+        reply_unknown_task(req, id); /* a stream token for another task */
+        return NULL;
+    }
+    rc = ts_is_task_id(id) ? ts_cluster_follow(srv->cluster, id, &task) : -ENOENT;
+    if (rc == -ENOENT)
+        reply_unknown_task(req, id);
+    else if (rc != 0)
+        reply_store_down(req);
+    return rc == 0 ? task : NULL;
+}
+
+static void
+events(struct ts_server *srv, struct caller *who, struct ts_http_request *req, const char *id)
+{
     struct ts_task *task;
     const char *lei;
     uint64_t last_id = 0;
     bool has_last_id;
 
-    if (!api_authorized(srv, req))
+    task = srv->cluster != NULL ? follow_cluster(srv, who, req, id) : find_task(srv, who, req, id);
+    if (task == NULL)
         return;
-    if (srv->cluster != NULL) {
-        int rc = ts_is_task_id(id) ? ts_cluster_follow(srv->cluster, id, &task) : -ENOENT;
-
-        if (rc == -ENOENT) {
-            reply_unknown_task(req, id);
-            return;
-        }
-        if (rc != 0) {
-            reply_store_down(req);
-            return;
-        }
-    } else {
-        task = find_task(srv, req, id);
-        if (task == NULL)
-            return;
-    }
     /* The header wins: it is what a reconnecting EventSource sends. */
     lei = ts_http_header(req, "Last-Event-ID");
     if (lei == NULL)
@@ -352,14 +473,67 @@ get_events(void *app, struct ts_http_request *req, const char *id)
     ts_task_unref(task);
 }
 
+/* The routes' entries: each runs its handler as an authenticated caller. */
+static void
+post_tasks(void *app, struct ts_http_request *req, const char *id)
+{
+    as_caller(app, req, id, submit);
+}
+
+static void
+get_tasks(void *app, struct ts_http_request *req, const char *id)
+{
+    as_caller(app, req, id, list);
+}
+
+static void
+get_commands(void *app, struct ts_http_request *req, const char *id)
+{
+    as_caller(app, req, id, commands);
+}
+
+static void
+get_me(void *app, struct ts_http_request *req, const char *id)
+{
+    as_caller(app, req, id, me);
+}
+
+static void
+get_task(void *app, struct ts_http_request *req, const char *id)
+{
+    as_caller(app, req, id, show);
+}
+
+static void
+delete_task(void *app, struct ts_http_request *req, const char *id)
+{
+    as_caller(app, req, id, cancel);
+}
+
+static void
+get_events(void *app, struct ts_http_request *req, const char *id)
+{
+    as_caller(app, req, id, events);
+}
+
+void
+ts_api_options(void *app, struct ts_http_request *req, const char *methods)
+{
+    struct ts_auth *auth = ts_server_auth(app);
+
+    ts_auth_preflight(auth, req, methods);
+    ts_auth_unref(auth);
+}
+
 const struct ts_route ts_api_routes[] = {
     {.name = "tasks",
      .pattern = "/v1/tasks",
      .get = get_tasks,
-     .post = post_task,
+     .post = post_tasks,
      .max_body = SIZE_MAX}, /* the configured cap is applied in server.c */
     {.name = "task", .pattern = "/v1/tasks/{id}", .get = get_task, .del = delete_task},
     {.name = "commands", .pattern = "/v1/commands", .get = get_commands},
+    {.name = "me", .pattern = "/v1/me", .get = get_me},
     {.name = "events", .pattern = "/v1/tasks/{id}/events", .get = get_events},
     {.name = "dashboard", .pattern = "/", .get = ts_dashboard_page},
     {.name = "assets", .pattern = "/assets/{id}", .get = ts_dashboard_asset},

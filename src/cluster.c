@@ -1415,7 +1415,7 @@ ts_cluster_unfollow(struct ts_cluster *cl, const char *id)
 static json_t *
 meta_json(const char *id, const redisReply *r)
 {
-    const char *kind = NULL, *state = NULL, *reason = NULL, *owner = NULL;
+    const char *kind = NULL, *state = NULL, *reason = NULL, *owner = NULL, *sub = NULL;
     const redisReply *body = NULL;
     long long created = 0, started = 0, finished = 0, top = 0, attempt = 0, code = 0, sig = 0;
     char buf[TS_TIME_LEN];
@@ -1435,6 +1435,8 @@ meta_json(const char *id, const redisReply *r)
             reason = v->str;
         else if (strcmp(k->str, "owner") == 0)
             owner = v->str;
+        else if (strcmp(k->str, "sub") == 0)
+            sub = v->str;
         else if (strcmp(k->str, "body") == 0)
             body = v;
         else if (strcmp(k->str, "created") == 0)
@@ -1476,6 +1478,8 @@ meta_json(const char *id, const redisReply *r)
         params = json_loadb(body->str, body->len, 0, NULL);
     ts_task_request_json(o, kind, params != NULL ? params : json_object());
     json_decref(params);
+    if (sub != NULL)
+        json_object_set_new(o, "submitted_by", json_string(sub));
     return o;
 }
 
@@ -1509,7 +1513,8 @@ ts_cluster_get(struct ts_cluster *cl, const char *id, json_t **out)
 }
 
 int
-ts_cluster_submit(struct ts_cluster *cl, const json_t *body, json_t **out, char *err, size_t errlen)
+ts_cluster_submit(struct ts_cluster *cl, const json_t *body, const char *sub, json_t **out,
+                  char *err, size_t errlen)
 {
     char id[33], meta[KEY_MAX], tasks[KEY_MAX], queue[KEY_MAX], notify[KEY_MAX], created[24];
     char score[24];
@@ -1544,8 +1549,14 @@ ts_cluster_submit(struct ts_cluster *cl, const json_t *body, json_t **out, char 
     }
     /* One round trip; the meta first, so a claimer never finds an entry
      * without its task. */
-    rc = ts_redis_appendf(c, "HSET %s kind %s body %s state queued created %s top 0 attempt 0",
-                          meta, kind, text, created);
+    if (sub != NULL)
+        rc = ts_redis_appendf(c,
+                              "HSET %s kind %s body %s state queued created %s top 0 attempt 0 "
+                              "sub %s",
+                              meta, kind, text, created, sub);
+    else
+        rc = ts_redis_appendf(c, "HSET %s kind %s body %s state queued created %s top 0 attempt 0",
+                              meta, kind, text, created);
     if (rc == 0)
         rc = ts_redis_appendf(c, "ZADD %s %s %s", tasks, score, id);
     if (rc == 0)
@@ -1634,11 +1645,26 @@ parse_cursor(const char *cursor, long long *score, char id[33])
     return 0;
 }
 
-int
-ts_cluster_list(struct ts_cluster *cl, unsigned states, size_t limit, const char *cursor,
-                json_t **out, char **next)
+/* Does the listed task `o` pass ts_cluster_list()'s filters? */
+static bool
+list_match(const json_t *o, unsigned states, const char *sub)
 {
     static const char *const names[] = {"queued", "running", "succeeded", "failed", "cancelled"};
+    const char *st = json_string_value(json_object_get(o, "state"));
+    const char *by = json_string_value(json_object_get(o, "submitted_by"));
+    unsigned bit = 0;
+
+    for (unsigned k = 0; st != NULL && k < TS_ARRAY_SIZE(names); k++)
+        if (strcmp(st, names[k]) == 0)
+            bit = 1u << k;
+    return (states == 0 || (bit & states) != 0) &&
+           (sub == NULL || (by != NULL && strcmp(by, sub) == 0));
+}
+
+int
+ts_cluster_list(struct ts_cluster *cl, unsigned states, const char *sub, size_t limit,
+                const char *cursor, json_t **out, char **next)
+{
     char tasks[KEY_MAX], max[32] = "+inf", after[33] = "";
     long long after_score = 0;
     struct ts_redis_conn *c;
@@ -1667,6 +1693,7 @@ ts_cluster_list(struct ts_cluster *cl, unsigned states, size_t limit, const char
     while (rc == 0 && more && json_array_size(list) < limit) {
         redisReply *ids;
         size_t page = limit * 2 < 100 ? 100 : limit * 2 > 1000 ? 1000 : limit * 2;
+        size_t zrems = 0;
         char count[24];
 
         snprintf(count, sizeof(count), "%zu", page);
@@ -1700,20 +1727,14 @@ ts_cluster_list(struct ts_cluster *cl, unsigned states, size_t limit, const char
             after_score = int_of(ids->element[i + 1]);
             snprintf(after, sizeof(after), "%s", id);
             if (reply_is(m, REDIS_REPLY_ARRAY) && m->elements == 0) {
-                redisReply *z;
-
-                /* Expired: its metas are gone, its place in the set too. */
-                if (ts_redis_call(c, &z, "ZREM %s %s", tasks, id) == 0)
-                    freeReplyObject(z);
+                /* Expired: its metas are gone, its place in the set too
+                 * (the reply comes after this page's metas). */
+                if (ts_redis_appendf(c, "ZREM %s %s", tasks, id) == 0)
+                    zrems++;
             } else if (reply_is(m, REDIS_REPLY_ARRAY) && json_array_size(list) < limit) {
                 json_t *o = meta_json(id, m);
-                const char *st = o != NULL ? json_string_value(json_object_get(o, "state")) : NULL;
-                unsigned bit = 0;
 
-                for (unsigned k = 0; st != NULL && k < TS_ARRAY_SIZE(names); k++)
-                    if (strcmp(st, names[k]) == 0)
-                        bit = 1u << k;
-                if (o != NULL && (states == 0 || (bit & states) != 0))
+                if (o != NULL && list_match(o, states, sub))
                     json_array_append_new(list, o);
                 else
                     json_decref(o);
@@ -1728,6 +1749,12 @@ ts_cluster_list(struct ts_cluster *cl, unsigned states, size_t limit, const char
                 more = more || i + 2 < ids->elements;
                 break;
             }
+        }
+        for (; zrems > 0; zrems--) {
+            redisReply *z;
+
+            if (ts_redis_reply(c, &z) == 0)
+                freeReplyObject(z);
         }
         snprintf(max, sizeof(max), "%lld", after_score);
         freeReplyObject(ids);

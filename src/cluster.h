@@ -62,18 +62,19 @@ const char *ts_cluster_replica(const struct ts_cluster *cl);
 /* Errors of the calls below: -ENOTCONN / -EIO Redis is unavailable (503),
  * -ENOENT no such task, -ENOMEM; others as documented. */
 
-/* Validate and enqueue. *out: the task JSON (queued). -EINVAL / -ENOENT
- * (kind) with `err`. */
-int ts_cluster_submit(struct ts_cluster *cl, const json_t *body, json_t **out, char *err,
-                      size_t errlen);
+/* Validate and enqueue, recording `sub` (NULL: none) as who submitted it.
+ * *out: the task JSON (queued). -EINVAL / -ENOENT (kind) with `err`. */
+int ts_cluster_submit(struct ts_cluster *cl, const json_t *body, const char *sub, json_t **out,
+                      char *err, size_t errlen);
 
 /* The task as JSON (like ts_task_to_json, with "replica" and "attempt"). */
 int ts_cluster_get(struct ts_cluster *cl, const char *id, json_t **out);
 
-/* Newest first, at most `limit`, states as ts_task_parse_states; `cursor`
- * (NULL: from the newest) as returned in *next (NULL at the end; free()). */
-int ts_cluster_list(struct ts_cluster *cl, unsigned states, size_t limit, const char *cursor,
-                    json_t **out, char **next);
+/* Newest first, at most `limit`, states as ts_task_parse_states, only
+ * those `sub` submitted unless it is NULL; `cursor` (NULL: from the newest)
+ * as returned in *next (NULL at the end; free()). */
+int ts_cluster_list(struct ts_cluster *cl, unsigned states, const char *sub, size_t limit,
+                    const char *cursor, json_t **out, char **next);
 
 /* Cancel from any replica: a queued task ends here at once, a running one
  * is told through its owner. *out: the task JSON after. -EALREADY: it had

@@ -60,7 +60,7 @@ enum setting_type {
     T_SECRET,      /* a key; "" is none (NULL); never echoed */
     T_SECRET_FILE, /* a file name, kept; the file holds the T_SECRET at `secret` */
     T_PATH,        /* a file name; "" is none (NULL) */
-    T_TEXT,        /* a name of printable ASCII without spaces, at most 64 bytes; "" is none */
+    T_TEXT,        /* printable ASCII without spaces, at most max (or 64) bytes; "" is none */
     T_URL,         /* a Redis URL (redis.h); "" is none; shown redacted (it may hold a password) */
 };
 
@@ -74,9 +74,9 @@ struct setting {
     const char *env;
     const char *flag;
     enum setting_type type;
-    const char *def;              /* the default as an operator would write it; "" is none */
-    const char *unit;             /* what a T_UINT counts, for the docs; NULL for other types */
-    uint64_t min, max;            /* T_UINT, T_SIZE: the value; T_DURATION: milliseconds */
+    const char *def;   /* the default as an operator would write it; "" is none */
+    const char *unit;  /* what a T_UINT counts, for the docs; NULL for other types */
+    uint64_t min, max; /* T_UINT, T_SIZE: the value; T_DURATION: ms; T_TEXT: max length */
     const struct choice *choices; /* T_ENUM, T_SET: ends with {NULL, 0} */
     size_t offset;                /* of the field in struct ts_config */
     size_t size;                  /* of the field */
@@ -496,6 +496,102 @@ static const struct setting settings[] = {
                 "every third of it); when it lapses, another replica takes the task over.",
     },
     {
+        .name = "jwt_secret_file",
+        .env = "JWT_SECRET_FILE",
+        .flag = "--jwt-secret-file",
+        .type = T_PATH,
+        .def = "",
+        FIELD(jwt_secret_file),
+        .help = "Users' JWTs are HS256 with this secret: the file's bytes, one trailing newline "
+                "stripped, at least 32. Read again on SIGHUP (docs/auth.md).",
+    },
+    {
+        .name = "jwt_public_key_file",
+        .env = "JWT_PUBLIC_KEY_FILE",
+        .flag = "--jwt-public-key-file",
+        .type = T_PATH,
+        .def = "",
+        FIELD(jwt_public_key_file),
+        .help = "Users' JWTs are signed by the private half of this PEM public key: RS256 for "
+                "an RSA key, ES256 for an EC P-256 key. Set this or JWT_SECRET_FILE. Read again "
+                "on SIGHUP.",
+    },
+    {
+        .name = "jwt_issuer",
+        .env = "JWT_ISSUER",
+        .flag = "--jwt-issuer",
+        .type = T_TEXT,
+        .def = "",
+        .max = 512,
+        FIELD(jwt_issuer),
+        .help = "When set, a JWT's iss must be exactly this.",
+    },
+    {
+        .name = "jwt_audience",
+        .env = "JWT_AUDIENCE",
+        .flag = "--jwt-audience",
+        .type = T_TEXT,
+        .def = "",
+        .max = 512,
+        FIELD(jwt_audience),
+        .help = "When set, a JWT's aud (a string or an array) must hold this.",
+    },
+    {
+        .name = "jwt_leeway",
+        .env = "JWT_LEEWAY",
+        .flag = "--jwt-leeway",
+        .type = T_DURATION,
+        .def = "30s",
+        .min = 0,
+        .max = 5 * MINUTE_MS,
+        FIELD(jwt_leeway_ms),
+        .help = "Clock skew allowed when checking a token's exp and nbf.",
+    },
+    {
+        .name = "stream_token_ttl",
+        .env = "STREAM_TOKEN_TTL",
+        .flag = "--stream-token-ttl",
+        .type = T_DURATION,
+        .def = "1h",
+        .min = 10 * SECOND_MS,
+        .max = 24 * HOUR_MS,
+        FIELD(stream_token_ttl_ms),
+        .help = "Lifetime of the stream tokens POST /v1/tasks and GET /v1/tasks/{id} hand out "
+                "(read-only, one task).",
+    },
+    {
+        .name = "stream_token_secret_file",
+        .env = "STREAM_TOKEN_SECRET_FILE",
+        .flag = "--stream-token-secret-file",
+        .type = T_PATH,
+        .def = "",
+        FIELD(stream_token_secret_file),
+        .help = "HS256 key of the stream tokens (at least 32 bytes). Empty: a random key per "
+                "process. Cluster mode with authentication needs it, the same on every replica.",
+    },
+    {
+        .name = "auth_cookie",
+        .env = "AUTH_COOKIE",
+        .flag = "--auth-cookie",
+        .type = T_TEXT,
+        .def = "",
+        FIELD(auth_cookie),
+        .help = "Name of a cookie that may carry the credential (after the Authorization header "
+                "and the access_token parameter). Empty: cookies are not read.",
+    },
+    {
+        .name = "cors_origins",
+        .env = "CORS_ORIGINS",
+        .flag = "--cors-origins",
+        .type = T_TEXT,
+        .def = "",
+        .max = 4096,
+        FIELD(cors_origins),
+        .help = "Origins whose pages may call the API and follow streams, comma-separated "
+                "(http://app.example:8000), or * for any origin without credentials. Empty: no "
+                "CORS headers.",
+    },
+    {
         .name = "log_format",
         .env = "LOG_FORMAT",
         .flag = "--log-format",
@@ -639,6 +735,13 @@ format_size(uint64_t n, char *out, size_t outlen)
 
 /* What a setting accepts, as a phrase for messages and the docs; "" when the
  * type says it all. */
+/* T_TEXT: the table's bound, or TEXT_MAX. */
+static uint64_t
+text_max(const struct setting *s)
+{
+    return s->max != 0 ? s->max : TEXT_MAX;
+}
+
 static void
 describe_allowed(const struct setting *s, char *out, size_t outlen)
 {
@@ -685,7 +788,8 @@ describe_allowed(const struct setting *s, char *out, size_t outlen)
         snprintf(out, outlen, "printable ASCII without spaces");
         break;
     case T_TEXT:
-        snprintf(out, outlen, "printable ASCII without spaces, at most %d bytes", TEXT_MAX);
+        snprintf(out, outlen, "printable ASCII without spaces, at most %llu bytes",
+                 (unsigned long long)text_max(s));
         break;
     case T_URL:
         snprintf(out, outlen, "redis://[:password@]host:port[/db] or unix:///path[?db=N]");
@@ -927,7 +1031,7 @@ convert(struct ts_config *cfg, const struct setting *s, const char *value, char 
     case T_PATH:
         return set_string(cfg, s, *value != '\0' ? value : NULL, strlen(value));
     case T_TEXT:
-        if (strlen(value) > TEXT_MAX || !key_chars_ok(value, strlen(value)))
+        if (strlen(value) > text_max(s) || !key_chars_ok(value, strlen(value)))
             return fail(err, errlen, s, "%s is not allowed; use %s", shown, allowed);
         return set_string(cfg, s, *value != '\0' ? value : NULL, strlen(value));
     case T_URL:

@@ -378,6 +378,12 @@ ts_http_method(const struct ts_http_request *req)
     return req->head.method.p != NULL ? req->head.method.p : "";
 }
 
+const char *
+ts_http_route_name(const struct ts_http_request *req)
+{
+    return req->route != NULL ? req->route->name : "";
+}
+
 bool
 ts_http_is_head(const struct ts_http_request *req)
 {
@@ -609,15 +615,22 @@ ts_http_reply_unauthorized(struct ts_http_request *req, const char *realm, const
                         what);
 }
 
+/* "GET, HEAD, POST": the methods of route `r`. */
+static void
+route_methods(const struct ts_route *r, char *allow, size_t len)
+{
+    snprintf(allow, len, "%s%s%s", r->get != NULL ? "GET, HEAD, " : "",
+             r->post != NULL ? "POST, " : "", r->del != NULL ? "DELETE, " : "");
+    allow[strlen(allow) - 2] = '\0'; /* every route has at least one method */
+}
+
 static void
 reply_method_not_allowed(struct ts_http_request *req)
 {
     const struct ts_route *r = req->route;
     char allow[64];
 
-    snprintf(allow, sizeof(allow), "%s%s%s", r->get != NULL ? "GET, HEAD, " : "",
-             r->post != NULL ? "POST, " : "", r->del != NULL ? "DELETE, " : "");
-    allow[strlen(allow) - 2] = '\0'; /* every route has at least one method */
+    route_methods(r, allow, sizeof(allow));
     ts_http_add_header(req, "Allow", allow);
     ts_http_reply_error(req, 405, "method_not_allowed", "%s is not allowed on %s; allowed: %s",
                         ts_http_method(req), r->pattern, allow);
@@ -876,11 +889,17 @@ dispatch(struct conn *c)
         return;
     }
     handler = handler_for(req->route, req->head.method.p);
-    if (handler == NULL) {
+    if (handler == NULL && h->cfg.options != NULL && strcmp(req->head.method.p, "OPTIONS") == 0) {
+        char allow[64];
+
+        route_methods(req->route, allow, sizeof(allow));
+        h->cfg.options(h->cfg.app, req, allow);
+    } else if (handler == NULL) {
         reply_method_not_allowed(req);
         return;
+    } else {
+        handler(h->cfg.app, req, req->has_id ? req->id : NULL);
     }
-    handler(h->cfg.app, req, req->has_id ? req->id : NULL);
     if (!req->answered)
         conn_close(c); /* out of memory in the handler */
     else if (c->state == C_STREAM)

@@ -50,6 +50,9 @@ struct ts_http_config {
     const struct ts_route *routes;
     size_t nroutes;
     void *app; /* handed to every handler */
+    /* OPTIONS on a route (a CORS preflight); its `id` is the route's methods
+     * ("GET, HEAD, POST"). NULL: 405. */
+    ts_http_handler *options;
 
     unsigned max_connections;
     unsigned max_connections_per_ip; /* 0: no cap */
@@ -86,6 +89,8 @@ void ts_http_stop(struct ts_http *h);
 /* ---- for handlers (loop thread) ---- */
 
 const char *ts_http_method(const struct ts_http_request *req);
+/* The matched route's name ("tasks"), or "" when none matched. */
+const char *ts_http_route_name(const struct ts_http_request *req);
 bool ts_http_is_head(const struct ts_http_request *req);
 
 /* The request body (may be empty, NUL-terminated). */

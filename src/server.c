@@ -175,8 +175,21 @@ ts_server_new_with_clock(struct ts_server **out, const struct ts_config *cfg,
     if (err != 0)
         goto out_dispose;
     err = register_metrics(srv);
+    if (err == 0)
+        err = ts_auth_metrics_init(&srv->auth_metrics, srv->metrics);
     if (err != 0)
         goto out_metrics;
+    {
+        char aerr[512];
+
+        err = ts_auth_new(&srv->auth, cfg, cfg->redis_url != NULL, NULL, &srv->auth_metrics, clock,
+                          log, aerr, sizeof(aerr));
+        if (err != 0) {
+            ts_log(log, TS_LOG_ERROR, "invalid authentication settings", TS_F_STR("error", aerr),
+                   TS_F_END);
+            goto out_metrics;
+        }
+    }
 
     tcfg = (struct ts_task_service_config){
         .workers = cfg->workers,
@@ -263,6 +276,7 @@ out_tasks:
     ts_cluster_free(srv->cluster);
     ts_commands_free(srv->commands); /* after the service: its kind outlives it */
 out_metrics:
+    ts_auth_unref(srv->auth);
     ts_metrics_free(srv->metrics);
 out_dispose:
     pthread_mutex_destroy(&srv->keys_mu);
@@ -300,6 +314,7 @@ ts_server_start(struct ts_server *srv)
         .routes = ts_api_routes,
         .nroutes = ts_api_nroutes,
         .app = srv,
+        .options = ts_api_options,
         .max_connections = srv->cfg.max_connections,
         .max_connections_per_ip = srv->cfg.max_connections_per_ip,
         .max_head = srv->cfg.max_header_bytes,
@@ -322,6 +337,7 @@ ts_server_start(struct ts_server *srv)
     adm.setting = "ADMIN_LISTEN";
     adm.routes = ts_admin_routes;
     adm.nroutes = ts_admin_nroutes;
+    adm.options = NULL;
     adm.max_connections = 64;
     adm.max_connections_per_ip = 0;
     adm.max_head = 32 * 1024;
@@ -533,6 +549,7 @@ ts_server_free(struct ts_server *srv)
     ts_task_service_free(srv->tasks);
     ts_cluster_free(srv->cluster); /* after the workers' last ends */
     ts_commands_free(srv->commands);
+    ts_auth_unref(srv->auth);
     ts_metrics_free(srv->metrics);
     pthread_mutex_destroy(&srv->keys_mu);
     ts_config_dispose(&srv->cfg);
@@ -555,10 +572,22 @@ ts_server_check_key(struct ts_server *srv, enum ts_server_key which,
     return rc;
 }
 
+struct ts_auth *
+ts_server_auth(struct ts_server *srv)
+{
+    struct ts_auth *a;
+
+    pthread_mutex_lock(&srv->keys_mu);
+    a = ts_auth_ref(srv->auth);
+    pthread_mutex_unlock(&srv->keys_mu);
+    return a;
+}
+
 int
 ts_server_reload(struct ts_server *srv, char *err, size_t errlen)
 {
     struct ts_config next;
+    struct ts_auth *auth = NULL;
     const char *result = "failed";
     char buf[512];
     int rc;
@@ -578,19 +607,31 @@ ts_server_reload(struct ts_server *srv, char *err, size_t errlen)
         goto out;
     }
     rc = ts_config_reread_key_files(&next, err, errlen);
+    if (rc == 0) {
+        struct ts_auth *now = ts_server_auth(srv);
+
+        rc = ts_auth_new(&auth, &next, srv->cluster != NULL, now, &srv->auth_metrics, srv->clock,
+                         srv->log, err, errlen);
+        ts_auth_unref(now);
+    }
     if (rc == 0 && srv->commands != NULL)
         rc = ts_commands_reload(srv->commands, err, errlen);
     if (rc == 0) {
         char *api = next.api_auth_key, *drain = next.drain_auth_key;
+        struct ts_auth *old;
 
         pthread_mutex_lock(&srv->keys_mu);
         next.api_auth_key = srv->cfg.api_auth_key;
         next.drain_auth_key = srv->cfg.drain_auth_key;
         srv->cfg.api_auth_key = api;
         srv->cfg.drain_auth_key = drain;
+        old = srv->auth;
+        srv->auth = auth;
+        auth = old;
         pthread_mutex_unlock(&srv->keys_mu);
         result = "ok";
     }
+    ts_auth_unref(auth);      /* the old policy, or the unused new one */
     ts_config_dispose(&next); /* the old keys, or the unused new ones */
 
 out:

@@ -8,6 +8,7 @@
 
 #include <pthread.h>
 
+#include "auth.h"
 #include "clock.h"
 #include "cluster.h"
 #include "drain.h"
@@ -20,7 +21,9 @@
 
 struct ts_server {
     struct ts_config cfg;         /* a deep copy; its two keys are guarded by keys_mu */
-    pthread_mutex_t keys_mu;      /* ts_server_reload() replaces the keys */
+    pthread_mutex_t keys_mu;      /* ts_server_reload() replaces the keys and `auth` */
+    struct ts_auth *auth;         /* the public API's policy; keys_mu (ts_server_auth()) */
+    struct ts_auth_metrics auth_metrics;
     struct ts_coordinator *coord; /* borrowed: the owner decides the lifecycle */
     struct ts_drain_view drain;
     struct ts_log *log; /* borrowed */
@@ -55,6 +58,8 @@ int ts_server_new_with_clock(struct ts_server **out, const struct ts_config *cfg
                              struct ts_clock clock);
 
 extern const struct ts_route ts_api_routes[];
+/* OPTIONS on a public route: the CORS preflight. */
+void ts_api_options(void *app, struct ts_http_request *req, const char *methods);
 extern const size_t ts_api_nroutes;
 extern const struct ts_route ts_admin_routes[];
 extern const size_t ts_admin_nroutes;
@@ -65,6 +70,10 @@ enum ts_server_key { TS_SERVER_KEY_API, TS_SERVER_KEY_DRAIN };
  * key; -ENOENT: no such key is configured. Any thread. */
 int ts_server_check_key(struct ts_server *srv, enum ts_server_key which,
                         const struct ts_http_request *req);
+
+/* The public API's policy now (a reference: ts_auth_unref() it). Any
+ * thread. */
+struct ts_auth *ts_server_auth(struct ts_server *srv);
 
 /* The drain state as JSON (POST/DELETE /drain). New reference. */
 json_t *ts_server_state_json(struct ts_server *srv);

@@ -86,6 +86,7 @@ struct ts_task {
     const struct ts_task_kind *kind; /* immutable; outlives the service */
     const struct kind_entry *entry;  /* immutable; owned by the service */
     json_t *params;                  /* the request body, a reference; immutable */
+    char *sub;                       /* who submitted it (a JWT's sub); NULL: the key; immutable */
     int64_t created_wall_ns;         /* immutable */
     atomic_bool cancel;              /* set once, never cleared */
 
@@ -323,6 +324,7 @@ ts_task_unref(struct ts_task *t)
     pthread_mutex_destroy(&t->mu);
     ts_event_log_dispose(&t->log);
     json_decref(t->params);
+    free(t->sub);
     json_decref(t->checkpoint_in);
     free(t->checkpoint_out);
     free(t->resumed);
@@ -330,6 +332,12 @@ ts_task_unref(struct ts_task *t)
     free(t->unstored);
     free(t->reason);
     free(t);
+}
+
+const char *
+ts_task_submitter(const struct ts_task *t)
+{
+    return t->sub;
 }
 
 const char *
@@ -724,8 +732,8 @@ ts_task_validate(struct ts_task_service *svc, const json_t *body, bool count, ch
 }
 
 int
-ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task **out, char *err,
-               size_t errlen)
+ts_task_submit(struct ts_task_service *svc, const json_t *body, const char *sub,
+               struct ts_task **out, char *err, size_t errlen)
 {
     const struct kind_entry *entry;
     struct ts_task *t;
@@ -742,6 +750,10 @@ ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task *
     if (entry == NULL)
         return rc;
     rc = task_new(svc, entry, body, &t);
+    if (rc == 0 && sub != NULL && (t->sub = strdup(sub)) == NULL) {
+        ts_task_unref(t);
+        rc = -ENOMEM;
+    }
     if (rc != 0) {
         snprintf(err, errlen, "could not create the task: %s", ts_strerror(rc));
         return rc;
@@ -2100,6 +2112,8 @@ static void
 add_request_json(json_t *o, const struct ts_task *t)
 {
     ts_task_request_json(o, t->kind->name, t->params);
+    if (t->sub != NULL)
+        json_object_set_new(o, "submitted_by", json_string(t->sub));
 }
 
 json_t *
@@ -2173,7 +2187,7 @@ ts_task_parse_states(const char *text, unsigned *out)
 }
 
 json_t *
-ts_task_service_list(struct ts_task_service *svc, unsigned states, size_t limit)
+ts_task_service_list(struct ts_task_service *svc, unsigned states, const char *sub, size_t limit)
 {
     struct ts_task *t;
     json_t *list;
@@ -2184,6 +2198,8 @@ ts_task_service_list(struct ts_task_service *svc, unsigned states, size_t limit)
     pthread_mutex_lock(&svc->mu);
     for (t = svc->newest; t != NULL && json_array_size(list) < limit; t = t->older) {
         if (states != 0 && (state_bit(t) & states) == 0)
+            continue;
+        if (sub != NULL && (t->sub == NULL || strcmp(t->sub, sub) != 0))
             continue;
         if (json_array_append_new(list, ts_task_to_json(t)) != 0) {
             json_decref(list);

@@ -72,10 +72,11 @@ void ts_task_service_free(struct ts_task_service *svc);
  * returns 0 and a new reference in *out. Errors, with a sentence in `err`:
  * -ESHUTDOWN draining, -ENOENT unknown kind (or the kind's validate said so),
  * -EINVAL invalid parameters (422), -EAGAIN queue full (429), -ENOSPC the
- * running tasks hold retained_bytes (503), -ENOMEM.
+ * running tasks hold retained_bytes (503), -ENOMEM. `sub` (NULL: none) is
+ * recorded as who submitted it.
  */
-int ts_task_submit(struct ts_task_service *svc, const json_t *body, struct ts_task **out, char *err,
-                   size_t errlen);
+int ts_task_submit(struct ts_task_service *svc, const json_t *body, const char *sub,
+                   struct ts_task **out, char *err, size_t errlen);
 
 /* Look a task up by id: a new reference, or NULL. Any thread. */
 struct ts_task *ts_task_find(struct ts_task_service *svc, const char *id);
@@ -84,6 +85,8 @@ struct ts_task *ts_task_ref(struct ts_task *t);
 void ts_task_unref(struct ts_task *t);
 
 const char *ts_task_get_id(const struct ts_task *t);
+/* Who submitted it (ts_task_submit()'s `sub`), or NULL. */
+const char *ts_task_submitter(const struct ts_task *t);
 
 /* Ask a task to stop (reason "client"). 0: cancelled (a queued task ends at
  * once, a running one sees its flag); -EALREADY: already finished. */
@@ -92,7 +95,8 @@ int ts_task_cancel(struct ts_task_service *svc, struct ts_task *t);
 /* The task as JSON: id, kind, params (the request without "kind"; for a
  * command task: command and its params), state ("queued", "running", "succeeded",
  * "failed", "cancelled"), created_at/started_at/finished_at (RFC 3339 UTC or
- * null), reason, exit_code, signal, events (last event id). New reference. */
+ * null), reason, exit_code, signal, events (last event id), submitted_by
+ * (when known). New reference. */
 json_t *ts_task_to_json(struct ts_task *t);
 
 /* Add what a task was asked to do to `o`: "params" (the body without
@@ -100,9 +104,10 @@ json_t *ts_task_to_json(struct ts_task *t);
 void ts_task_request_json(json_t *o, const char *kind, const json_t *body);
 
 /* Known tasks, newest first, as a JSON array: at most `limit`, only those
- * whose state is in `states` (a mask from ts_task_parse_states(); 0: all).
- * New reference. */
-json_t *ts_task_service_list(struct ts_task_service *svc, unsigned states, size_t limit);
+ * whose state is in `states` (a mask from ts_task_parse_states(); 0: all)
+ * and, unless `sub` is NULL, that `sub` submitted. New reference. */
+json_t *ts_task_service_list(struct ts_task_service *svc, unsigned states, const char *sub,
+                             size_t limit);
 
 /* "running,queued" -> a mask of states for ts_task_service_list(): queued,
  * running, succeeded, failed, cancelled. 0 or -EINVAL. */

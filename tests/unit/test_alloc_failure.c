@@ -487,7 +487,7 @@ scenario_task_service(void *arg)
         rc = -ENOMEM;
         goto out_service;
     }
-    rc = ts_task_submit(svc, body, &task, err, sizeof(err));
+    rc = ts_task_submit(svc, body, NULL, &task, err, sizeof(err));
     json_decref(body);
     if (rc != 0)
         goto out_service;

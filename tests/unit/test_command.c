@@ -523,7 +523,7 @@ submit(struct fixture *fx, json_t *body)
     struct ts_task *t = NULL;
     char err[256];
 
-    if (ts_task_submit(fx->svc, body, &t, err, sizeof(err)) != 0)
+    if (ts_task_submit(fx->svc, body, NULL, &t, err, sizeof(err)) != 0)
         fail_msg("submit: %s", err);
     json_decref(body);
     return t;

@@ -175,7 +175,7 @@ submit(struct fixture *fx, const char *kind, int initial, int bytes)
     struct ts_task *t = NULL;
     char err[256];
 
-    assert_int_equal(ts_task_submit(fx->srv->tasks, body, &t, err, sizeof(err)), 0);
+    assert_int_equal(ts_task_submit(fx->srv->tasks, body, NULL, &t, err, sizeof(err)), 0);
     json_decref(body);
     pthread_mutex_lock(&fx->env.mu);
     while (!fx->env.started)

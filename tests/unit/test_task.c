@@ -295,7 +295,7 @@ try_submit(struct fixture *fx, const char *body_text, struct ts_task **out, char
 
     assert_non_null(body);
     *out = NULL;
-    rc = ts_task_submit(fx->svc, body, out, err, errlen);
+    rc = ts_task_submit(fx->svc, body, NULL, out, err, errlen);
     json_decref(body);
     return rc;
 }
@@ -635,7 +635,7 @@ test_submit_errors(void **state)
         assert_null(t);
         assert_string_equal(err, rows[i].message);
     }
-    list = ts_task_service_list(fx->svc, 0, SIZE_MAX);
+    list = ts_task_service_list(fx->svc, 0, NULL, SIZE_MAX);
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
     assert_metric(fx, "tasks_submitted_total{kind=\"test\"} 0\n");
@@ -724,7 +724,7 @@ test_state_machine(void **state)
     assert_int_field(fail, "events", &zero);
 
     /* Newest first. */
-    list = ts_task_service_list(fx->svc, 0, SIZE_MAX);
+    list = ts_task_service_list(fx->svc, 0, NULL, SIZE_MAX);
     assert_int_equal(json_array_size(list), 3);
     assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "id")),
                         ts_task_get_id(emit));
@@ -1105,7 +1105,7 @@ test_cleanup_retention(void **state)
 
     ts_fake_clock_advance(&fx->fake, 5 * TS_NS_PER_S);
     assert_true(forgotten(fx, b_id));
-    list = ts_task_service_list(fx->svc, 0, SIZE_MAX);
+    list = ts_task_service_list(fx->svc, 0, NULL, SIZE_MAX);
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
     fixture_free(fx);

@@ -126,7 +126,7 @@ submit(struct fixture *fx, const char *text)
     char err[256];
 
     assert_non_null(body);
-    assert_int_equal(ts_task_submit(fx->svc, body, &t, err, sizeof(err)), 0);
+    assert_int_equal(ts_task_submit(fx->svc, body, NULL, &t, err, sizeof(err)), 0);
     json_decref(body);
     return t;
 }
@@ -220,7 +220,7 @@ test_submit_refuses_bad_parameters(void **state)
     struct ts_task *t = NULL;
     char err[256];
 
-    assert_int_equal(ts_task_submit(fx->svc, body, &t, err, sizeof(err)), -EINVAL);
+    assert_int_equal(ts_task_submit(fx->svc, body, NULL, &t, err, sizeof(err)), -EINVAL);
     assert_null(t);
     assert_string_equal(err, "\"count\" must be an integer from 1 to 1000000");
     json_decref(body);
