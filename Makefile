@@ -57,7 +57,7 @@ test-tsan:
 # inputs go to $(BUILD)-fuzz/corpus/<target>, seeded from tests/fuzz/corpus;
 # a crash leaves crash-* in $(BUILD)-fuzz and stops the run.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = task_request commands_file last_event_id config sse_roundtrip http_head
+FUZZ_TARGETS = task_request commands_file last_event_id config sse_roundtrip http_head token
 fuzz:
 	cmake -S . -B $(BUILD)-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang \
 		-DFUZZ=ON >/dev/null

@@ -537,6 +537,16 @@ b64url_decode(const char *p, size_t len, unsigned char *out)
     return (ssize_t)n;
 }
 
+static bool
+b64url_ok(const char *p, size_t len)
+{
+    unsigned char *buf = malloc(len * 3 / 4 + 1);
+    bool ok = buf != NULL && len > 0 && b64url_decode(p, len, buf) >= 0;
+
+    free(buf);
+    return ok;
+}
+
 static json_t *
 b64url_json(const char *p, size_t len)
 {
@@ -707,6 +717,10 @@ check_jwt(const struct ts_auth *a, const char *token, size_t len, struct ts_prin
     json_decref(head);
     if (rc != 0)
         return rc;
+    /* libjwt's decoder skips what is not base64: the signature is checked
+     * here, so that nothing can be appended to a good token. */
+    if (!b64url_ok(dot2 + 1, len - (size_t)(dot2 + 1 - token)))
+        return refuse(c, TS_AUTH_MALFORMED, "the signature is not base64url");
     claims = b64url_json(dot1 + 1, (size_t)(dot2 - dot1 - 1));
     if (claims == NULL)
         return refuse(c, TS_AUTH_MALFORMED, "the payload is not base64url JSON");
@@ -795,6 +809,22 @@ check_credential(const struct ts_auth *a, const char *cred, size_t len, struct t
         return refuse(c, a->api_key != NULL ? TS_AUTH_INVALID_KEY : TS_AUTH_MALFORMED,
                       a->api_key != NULL ? "not the API key" : "not a JWT");
     return check_jwt(a, cred, len, p, c);
+}
+
+int
+ts_auth_verify(const struct ts_auth *a, const char *cred, size_t len, struct ts_principal *p,
+               enum ts_auth_reason *why)
+{
+    struct check c = {.reason = TS_AUTH_MISSING, .detail = ""};
+    int rc;
+
+    memset(p, 0, sizeof(*p));
+    rc = check_credential(a, cred, len, p, &c);
+    if (rc != 0) {
+        ts_principal_dispose(p);
+        *why = c.reason;
+    }
+    return rc;
 }
 
 /* A cookie rides along on any request a browser makes to us, including one

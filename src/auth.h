@@ -88,6 +88,11 @@ struct ts_principal {
 int ts_auth_request(struct ts_auth *a, struct ts_http_request *req, struct ts_principal *p);
 void ts_principal_dispose(struct ts_principal *p);
 
+/* The check of one credential, without a request: 0 with `p` filled, or
+ * -EACCES with *why. Tests and fuzzing; ts_auth_request() uses it. */
+int ts_auth_verify(const struct ts_auth *a, const char *cred, size_t len, struct ts_principal *p,
+                   enum ts_auth_reason *why);
+
 /* Answer 403 for a right `p` lacks (counted and logged): `what` completes
  * "this credential may not ...". */
 void ts_auth_forbid(struct ts_auth *a, struct ts_http_request *req, const struct ts_principal *p,
