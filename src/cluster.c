@@ -7,7 +7,7 @@
  *   P{id}:meta    hash: kind, body, state, created, started, finished (ms),
  *                 reason, exit_code, signal, top (last event id), owner,
  *                 attempt (the fencing token), lease (ms, Redis' clock),
- *                 entry (its queue entry), cancel
+ *                 entry (its queue entry), cancel, sub (who submitted it)
  *   P{id}:events  stream, entry id "<event id>-0", field f: the SSE frame
  *                 as the owner encoded it (end: 1 on the last)
  *   P{id}:live    channel: "m<id>\n<frame>", "e<id>\n<frame>" for the end

@@ -292,7 +292,10 @@ main(int argc, char **argv)
            TS_F_UINT("workers", cfg.workers),
            TS_F_INT("graceful_shutdown_timeout_ms", cfg.graceful_shutdown_timeout_ms),
            TS_F_BOOL("drain_key_configured", cfg.drain_auth_key != NULL),
-           TS_F_BOOL("api_key_configured", cfg.api_auth_key != NULL), TS_F_END);
+           TS_F_BOOL("api_key_configured", cfg.api_auth_key != NULL),
+           TS_F_BOOL("jwt_configured",
+                     cfg.jwt_secret_file != NULL || cfg.jwt_public_key_file != NULL),
+           TS_F_BOOL("cors_configured", cfg.cors_origins != NULL), TS_F_END);
 
     /* Start-up is complete: from here a signal drains. */
     sigs.coord = coord;
