@@ -420,6 +420,15 @@ add_cors(const struct ts_auth *a, struct ts_http_request *req)
     return true;
 }
 
+/* The headers of an answer a page on an allowed origin may read. */
+static void
+add_cors_answer(const struct ts_auth *a, struct ts_http_request *req)
+{
+    if (add_cors(a, req))
+        ts_http_add_header(req, "Access-Control-Expose-Headers",
+                           "Location, Retry-After, WWW-Authenticate");
+}
+
 void
 ts_auth_preflight(struct ts_auth *a, struct ts_http_request *req, const char *methods)
 {
@@ -857,7 +866,7 @@ ts_auth_request(struct ts_auth *a, struct ts_http_request *req, struct ts_princi
     size_t len;
 
     memset(p, 0, sizeof(*p));
-    add_cors(a, req);
+    add_cors_answer(a, req);
     if (!ts_auth_on(a)) {
         p->kind = TS_PRINCIPAL_OPEN;
         return 0;
