@@ -7,6 +7,9 @@ previous configuration and says why (log line and metric)."""
 import json
 import os
 import signal
+import time
+
+import jwt
 
 from tshelpers import SSEStream, assert_json_error, http, scaled, wait_for
 
@@ -193,3 +196,39 @@ def test_sighup_keeps_streams_and_tasks(daemon):
     assert events[-1].type == "end" and events[-1].json()["status"] == "succeeded"
     assert d.running() and d.readyz() == 200
     assert not d.logs("draining")
+
+
+def test_sighup_rotates_the_jwt_key_and_keeps_stream_tokens(daemon, tmp_path):
+    """A new JWT_SECRET_FILE takes over at SIGHUP: tokens of the old key are
+    refused, those of the new accepted. The stream tokens handed out before
+    stay good: the random stream key is kept across reloads. A key file that
+    became too short fails the reload and keeps the policy in force."""
+    old, new = b"o" * 32, b"n" * 40
+    path = tmp_path / "jwt.key"
+    path.write_bytes(old)
+    d = daemon({"JWT_SECRET_FILE": str(path), "KINDS": "ticker"})
+    d.expect_error("reload")
+
+    def token(key):
+        return jwt.encode({"sub": "ops", "exp": int(time.time()) + 300,
+                           "taskstream": {"kinds": ["ticker"]}}, key, algorithm="HS256")
+
+    def me(tok):
+        return http("GET", d.url + "/v1/me", headers={"Authorization": f"Bearer {tok}"})
+
+    r = http("POST", d.url + "/v1/tasks", {"kind": "ticker", "count": 2, "interval_ms": 1},
+             headers={"Authorization": f"Bearer {token(old)}"})
+    assert r.status == 202, r
+    task = r.json()
+
+    write_key(path, new.decode())
+    hup(d, "ok", 1)
+    assert_json_error(me(token(old)), 401, "invalid_token")
+    assert me(token(new)).json()["sub"] == "ops"
+    with SSEStream(f"{d.url}/v1/tasks/{task['id']}/events?access_token={task['stream_token']}") as s:
+        assert s.read_all(scaled(15))[-1].type == "end"
+
+    write_key(path, "short")
+    line = hup(d, "failed", 1)
+    assert "JWT_SECRET_FILE" in line["error"], line
+    assert me(token(new)).status == 200
