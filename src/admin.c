@@ -59,7 +59,7 @@ get_metrics(void *app, struct ts_http_request *req, const char *id)
 static bool
 authorized(struct ts_server *srv, struct ts_http_request *req)
 {
-    int rc = ts_server_check_key(srv, TS_SERVER_KEY_DRAIN, req);
+    int rc = ts_server_check_drain_key(srv, req);
 
     if (rc == -ENOENT) {
         ts_http_reply_error(req, 403, "drain_disabled",

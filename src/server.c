@@ -559,14 +559,13 @@ ts_server_free(struct ts_server *srv)
 /* ---- keys and reloading ---- */
 
 int
-ts_server_check_key(struct ts_server *srv, enum ts_server_key which,
-                    const struct ts_http_request *req)
+ts_server_check_drain_key(struct ts_server *srv, const struct ts_http_request *req)
 {
     const char *key;
     int rc;
 
     pthread_mutex_lock(&srv->keys_mu);
-    key = which == TS_SERVER_KEY_API ? srv->cfg.api_auth_key : srv->cfg.drain_auth_key;
+    key = srv->cfg.drain_auth_key;
     rc = key == NULL ? -ENOENT : ts_http_bearer_ok(req, key) ? 0 : -EACCES;
     pthread_mutex_unlock(&srv->keys_mu);
     return rc;

@@ -64,12 +64,9 @@ extern const size_t ts_api_nroutes;
 extern const struct ts_route ts_admin_routes[];
 extern const size_t ts_admin_nroutes;
 
-enum ts_server_key { TS_SERVER_KEY_API, TS_SERVER_KEY_DRAIN };
-
-/* Does `req` carry the key (Bearer)? 0: yes; -EACCES: a missing or wrong
- * key; -ENOENT: no such key is configured. Any thread. */
-int ts_server_check_key(struct ts_server *srv, enum ts_server_key which,
-                        const struct ts_http_request *req);
+/* Does `req` carry the drain key (Bearer)? 0: yes; -EACCES: a missing or
+ * wrong key; -ENOENT: no drain key is configured. Any thread. */
+int ts_server_check_drain_key(struct ts_server *srv, const struct ts_http_request *req);
 
 /* The public API's policy now (a reference: ts_auth_unref() it). Any
  * thread. */
