@@ -698,6 +698,7 @@ check_jwt(const struct ts_auth *a, const char *token, size_t len, struct ts_prin
     json_t *head, *claims;
     const char *alg, *kid, *typ;
     jwt_t *jwt = NULL;
+    char *copy;
     bool ours;
     int rc;
 
@@ -735,7 +736,10 @@ check_jwt(const struct ts_auth *a, const char *token, size_t len, struct ts_prin
         return refuse(c, TS_AUTH_MALFORMED, "the payload is not base64url JSON");
     /* Everything but the signature is known to be well formed: a refusal
      * from here is the signature's. */
-    rc = jwt_decode(&jwt, token, key->bytes, (int)key->len);
+    /* libjwt reads up to a NUL; a cookie's value ends at its ';'. */
+    copy = strndup(token, len);
+    rc = copy != NULL ? jwt_decode(&jwt, copy, key->bytes, (int)key->len) : ENOMEM;
+    free(copy);
     jwt_free(jwt);
     if (rc != 0)
         rc = refuse(c, TS_AUTH_SIGNATURE, "the signature does not verify (%s)", alg_name(key->alg));
