@@ -380,6 +380,36 @@ def daemon(request, binary, workdir):
                     pytrace=False)
 
 
+class DaemonPool:
+    """Daemons a module shares, one per configuration name, each started on
+    first use: pool(name, env) -> Daemon. `daemons` lists them in start
+    order (what a failing test's report shows); finish() runs every one's
+    teardown checks and fails the module's last test if one fails."""
+
+    def __init__(self, binary, workdir, module):
+        self.binary, self.workdir, self.module = binary, workdir, module
+        self.started = {}
+        self.daemons = []
+
+    def __call__(self, name, env):
+        if name not in self.started:
+            path = os.path.join(self.workdir, f"{self.module}.{name}.stderr")
+            d = Daemon(self.binary, base_env(env), (), path)
+            self.started[name] = d
+            self.daemons.append(d)
+            d.wait_listening(scaled(15))
+        return self.started[name]
+
+    def finish(self):
+        problems = [f"daemon {name} (pid {d.pid}): {p}" for name, d in self.started.items()
+                    for p in d.finish()]
+        if problems:
+            tails = "\n".join(f"--- {name} stderr ---\n" + "\n".join(d.stderr_lines()[-60:])
+                              for name, d in self.started.items())
+            pytest.fail("taskstreamd teardown checks failed:\n  " + "\n  ".join(problems) + "\n"
+                        + tails, pytrace=False)
+
+
 @pytest.fixture
 def run_once(binary):
     """run_once(env=None, args=(), timeout=None) -> CompletedProcess (text).

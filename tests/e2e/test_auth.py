@@ -40,7 +40,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import time
 import uuid
 
@@ -50,9 +49,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from conftest import Daemon, base_env
-from tshelpers import (SSEStream, check_complete_stream, http, scaled, scrape, split_response,
-                       wait_for)
+from conftest import DaemonPool
+from tshelpers import (SSEStream, check_complete_stream, http, raw_request, scaled, scrape,
+                       split_response, wait_for)
 
 API_KEY = "ts-API-k3y-auth-e2e-7f3a9c21e4b8"
 WRONG_KEY = "ts-API-k3y-auth-e2e-7f3a9c21e4b9"
@@ -267,32 +266,21 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pool(binary, workdir, keys):
-    started = {}
-    order = []  # live: what a failing test's report shows
+    daemons = DaemonPool(binary, workdir, "test_auth")
 
     def get(name):
-        if name not in started:
-            path = os.path.join(workdir, f"test_auth.{name}.stderr")
-            d = Daemon(binary, base_env(conf_env(name, keys)), (), path)
-            started[name] = d
-            order.append(d)
-            d.wait_listening(scaled(15))
+        d = daemons(name, conf_env(name, keys))
+        if not hasattr(d, "conf"):
             d.conf = name
             # What the test itself reads tasks with: every right.
             d.master = {"hs": API_KEY, "open": None}.get(name)
             if name in ("rs", "es"):
                 d.master = keys.token(name, sub="test-admin", admin=True, ttl=3600)
-        return started[name]
+        return d
 
-    get.daemons = order
+    get.daemons = daemons.daemons
     yield get
-    problems = [f"daemon {name} (pid {d.pid}): {p}" for name, d in started.items()
-                for p in d.finish()]
-    if problems:
-        tails = "\n".join(f"--- {name} stderr ---\n" + "\n".join(d.stderr_lines()[-60:])
-                          for name, d in started.items())
-        pytest.fail("taskstreamd teardown checks failed:\n  " + "\n  ".join(problems) + "\n" + tails,
-                    pytrace=False)
+    daemons.finish()
 
 
 @pytest.fixture(autouse=True)
@@ -489,24 +477,7 @@ def raw_get(d, path, extra_headers):
     head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{d.port}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in extra_headers.items())
     data = (head + "Connection: close\r\n\r\n").encode()
-    s = socket.create_connection(("127.0.0.1", d.port), timeout=scaled(10))
-    buf = b""
-    try:
-        try:
-            s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not chunk:
-                break
-            buf += chunk
-    finally:
-        s.close()
-    status, headers, _, _ = split_response(buf)
+    status, headers, _, _ = split_response(raw_request("127.0.0.1", d.port, data))
     return status, headers
 
 

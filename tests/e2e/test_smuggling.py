@@ -19,7 +19,6 @@ compares task lists before and after instead of expecting an empty list.
 """
 
 import json
-import os
 import re
 import select
 import socket
@@ -27,7 +26,7 @@ import time
 
 import pytest
 
-from conftest import Daemon, base_env
+from conftest import DaemonPool
 from tshelpers import http, scaled
 
 API_KEY = "api-k3y-Smuggle9"
@@ -66,27 +65,14 @@ STATUS_LINE_RE = re.compile(rb"HTTP/\d\.\d \d{3}[ \r]")
 
 @pytest.fixture(scope="module")
 def pool(binary, workdir):
-    started = {}
-    order = []
+    daemons = DaemonPool(binary, workdir, "test_smuggling")
 
     def get(name):
-        if name not in started:
-            path = os.path.join(workdir, f"test_smuggling.{name}.stderr")
-            d = Daemon(binary, base_env(ENVS[name]), (), path)
-            order.append(d)
-            started[name] = d
-            d.wait_listening(scaled(15))
-        return started[name]
+        return daemons(name, ENVS[name])
 
-    get.daemons = order
+    get.daemons = daemons.daemons
     yield get
-    problems = [f"daemon {name} (pid {d.pid}): {p}" for name, d in started.items()
-                for p in d.finish()]
-    if problems:
-        tails = "\n".join(f"--- {name} stderr ---\n" + "\n".join(d.stderr_lines()[-60:])
-                          for name, d in started.items())
-        pytest.fail("taskstreamd teardown checks failed:\n  " + "\n  ".join(problems) + "\n" + tails,
-                    pytrace=False)
+    daemons.finish()
 
 
 @pytest.fixture(autouse=True)
