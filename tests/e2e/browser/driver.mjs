@@ -12,6 +12,9 @@
 //   {"op": "eval", "expr": "() => ...", "arg": ...}     -> {"ok": true, "value": ...}
 //   {"op": "screenshot", "path": "/abs/file.png"}
 //   {"op": "log"}      -> {"ok": true, "value": [console messages, page errors, failed requests]}
+//   {"op": "select", "selector": "#x", "value": "v"}   (a <select>'s option by value)
+//   {"op": "viewport", "width": 400, "height": 860}
+//   {"op": "add_cookies", "cookies": [{"name": ..., "value": ..., "url": ...}]}  (context.addCookies)
 //   {"op": "close"}
 //
 // A failed command answers {"ok": false, "error": "..."} and the driver goes
@@ -40,8 +43,10 @@ if (!userDataDir) {
 
 const log = [];
 const t0 = Date.now();
-function note(kind, text) {
-  log.push({ t_ms: Date.now() - t0, kind, text });
+function note(kind, text, url) {
+  const entry = { t_ms: Date.now() - t0, kind, text };
+  if (url) entry.url = url; // where a console message comes from (the resource, for a failed load)
+  log.push(entry);
 }
 
 function answer(obj) {
@@ -56,7 +61,7 @@ const context = await chromium.launchPersistentContext(userDataDir, {
   timeout: 60000,
 });
 const page = context.pages()[0] || (await context.newPage());
-page.on('console', (m) => note(`console.${m.type()}`, m.text()));
+page.on('console', (m) => note(`console.${m.type()}`, m.text(), m.location() && m.location().url));
 page.on('pageerror', (e) => note('pageerror', String(e)));
 page.on('requestfailed', (r) => note('requestfailed', `${r.method()} ${r.url()} ${r.failure() ? r.failure().errorText : ''}`));
 page.on('response', (r) => note('response', `${r.status()} ${r.request().method()} ${r.url()}`));
@@ -92,6 +97,15 @@ async function run(cmd) {
       return null;
     case 'log':
       return log;
+    case 'select':
+      await page.selectOption(cmd.selector, String(cmd.value), { timeout });
+      return null;
+    case 'viewport':
+      await page.setViewportSize({ width: cmd.width, height: cmd.height ?? 860 });
+      return null;
+    case 'add_cookies':
+      await context.addCookies(cmd.cookies);
+      return null;
     default:
       throw new Error(`unknown op ${cmd.op}`);
   }

@@ -191,6 +191,14 @@ class Browser:
     def screenshot(self, path):
         return self.call("screenshot", 30, path=path)
 
+    def set_viewport(self, width, height=860):
+        return self.call("viewport", width=width, height=height)
+
+    def add_cookies(self, cookies):
+        """Cookies into the browser context (Playwright's addCookies: each
+        a dict with name, value and url, or domain and path)."""
+        return self.call("add_cookies", cookies=cookies)
+
     def close(self):
         try:
             if self.proc.poll() is None:
