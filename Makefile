@@ -3,18 +3,20 @@
 #   make test   install test deps, build (plain, ASan+UBSan, TSan), run the suite
 #   make bench  install nginx + nchan, build, run the benchmarks side by side and
 #               write docs/performance.md (BENCH_ARGS="..." passes options to bench/run.py)
+#   make install  install what `make build` built under PREFIX (/usr/local),
+#                 DESTDIR honoured; `make build` itself never installs packages
 BUILD ?= build
 CC ?= gcc
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build run test test-plain test-asan test-tsan docs clean format bench fuzz
+.PHONY: all deps build install run test test-plain test-asan test-tsan docs clean format bench fuzz
 
 all: build
 
 deps:
 	@scripts/deps.sh build
 
-build: deps
+build:
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
@@ -23,8 +25,12 @@ build: deps
 COMMANDS_FILE ?= examples/commands.json
 KINDS ?= ticker,command
 
-run: build
+run: deps build
 	KINDS="$(KINDS)" COMMANDS_FILE="$(COMMANDS_FILE)" $(BUILD)/taskstreamd $(RUN_ARGS)
+
+PREFIX ?= /usr/local
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
 
 docs: build
 	$(BUILD)/taskstreamd --help-markdown > docs/configuration.md

@@ -10,6 +10,8 @@
  * never touches signals), asks the coordinator for a shutdown, and runs the
  * server's stop sequence.
  */
+#define _POSIX_C_SOURCE 200809L /* sigwait, pthread_sigmask under -std=c11 */
+
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -63,7 +65,7 @@ static const struct ts_task_kind countdown = {
 int
 main(int argc, char **argv)
 {
-    struct ts_config cfg;
+    struct ts_config *cfg = NULL;
     struct ts_log *log = NULL;
     struct ts_coordinator *coord = NULL;
     struct ts_server *srv = NULL;
@@ -77,17 +79,23 @@ main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-    ts_config_init(&cfg);
-    rc = ts_config_parse(&cfg, environ, argc, argv, err, sizeof(err));
+    if (ts_config_new(&cfg) != 0) {
+        fprintf(stderr, "embed_countdown: out of memory\n");
+        return 1;
+    }
+    /* Settings come from the environment and the command line, as
+     * taskstreamd's do; ts_config_set() would set one from code. */
+    rc = ts_config_parse(cfg, environ, argc, argv, err, sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "embed_countdown: %s\n", err);
+        ts_config_free(cfg);
         return 2;
     }
-    rc = ts_log_new(&log, STDERR_FILENO, cfg.log_format, cfg.log_level);
+    rc = ts_log_new_from_config(&log, STDERR_FILENO, cfg);
     if (rc == 0)
         rc = ts_coordinator_new(&coord);
     if (rc == 0)
-        rc = ts_server_new(&srv, &cfg, coord, log);
+        rc = ts_server_new(&srv, cfg, coord, log);
     if (rc == 0)
         rc = ts_server_register_kind(srv, &countdown);
     if (rc == 0)
@@ -107,6 +115,6 @@ main(int argc, char **argv)
     ts_server_free(srv);
     ts_coordinator_free(coord);
     ts_log_free(log);
-    ts_config_dispose(&cfg);
+    ts_config_free(cfg);
     return 0;
 }

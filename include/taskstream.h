@@ -13,14 +13,19 @@
  *
  * A typical host (src/main.c is one):
  *
- *     ts_config_init(&cfg);  ts_config_parse(&cfg, environ, argc, argv, ...);
- *     ts_log_new(&log, ...);  ts_coordinator_new(&coord);
- *     ts_server_new(&srv, &cfg, coord, log);
+ *     ts_config_new(&cfg);  ts_config_parse(cfg, environ, argc, argv, ...);
+ *     (or ts_config_set(cfg, "WORKERS", "8", ...) for each setting)
+ *     ts_log_new_from_config(&log, STDERR_FILENO, cfg);  ts_coordinator_new(&coord);
+ *     ts_server_new(&srv, cfg, coord, log);
  *     ts_server_register_kind(srv, &my_kind);
  *     ts_server_start(srv);
  *     ... on SIGTERM: ts_coordinator_request_shutdown(coord, "SIGTERM");
  *     ts_server_shutdown(srv, &report);   (waits, cancels what is left, stops)
  *     ts_server_free(srv); ts_coordinator_free(coord); ts_log_free(log);
+ *     ts_config_free(cfg);
+ *
+ * The shared library's ABI is versioned by its SONAME (libtaskstream.so.0)
+ * and exports only the TS_API functions of this header.
  */
 #ifndef TASKSTREAM_H
 #define TASKSTREAM_H
@@ -49,83 +54,33 @@ TS_API const char *ts_strerror(int err);
 
 enum ts_log_format { TS_LOG_FORMAT_JSON, TS_LOG_FORMAT_TEXT };
 
-/* Built-in task kinds (ts_config.kinds). */
-enum { TS_KIND_TICKER = 1u << 0, TS_KIND_COMMAND = 1u << 1 };
 enum ts_log_level { TS_LOG_DEBUG, TS_LOG_INFO, TS_LOG_WARN, TS_LOG_ERROR };
 
 /*
- * Every setting of taskstreamd. One table in src/config.c describes each field
- * (environment variable, --flag, type, default, unit, help); --help and
- * docs/configuration.md are generated from it. Strings are owned by the config
- * and freed by ts_config_dispose(). Durations are milliseconds, sizes bytes.
+ * Every setting of taskstreamd, opaque so that settings can be added without
+ * breaking the ABI. A setting is named by its environment variable (WORKERS,
+ * LISTEN, ...: docs/configuration.md lists them all, with their values and
+ * defaults) and given as text, exactly as in the environment.
  */
-struct ts_config {
-    char *listen;       /* public listener, "host:port" (port 0: ephemeral) */
-    char *admin_listen; /* admin listener, "host:port" */
+struct ts_config;
 
-    int64_t graceful_shutdown_timeout_ms; /* wait for tasks after a signal */
-    int64_t shutdown_delay_ms;            /* keep the public listener open at least this long */
-    int64_t kill_grace_ms;                /* SIGTERM -> SIGKILL for command tasks */
-    int64_t termination_grace_period_ms;  /* 0: unknown; else our budget must fit in it */
+/* A config holding the defaults. Returns 0 or -ENOMEM. */
+TS_API int ts_config_new(struct ts_config **out);
 
-    char *drain_auth_key;      /* NULL: no key, POST /drain is refused (fail closed) */
-    char *drain_auth_key_file; /* where drain_auth_key was read from; NULL: not a file */
-    char *api_auth_key;        /* NULL: the public API is open */
-    char *api_auth_key_file;   /* where api_auth_key was read from; NULL: not a file */
+/* Free the config and what it owns (keys are wiped first). NULL is fine. */
+TS_API void ts_config_free(struct ts_config *cfg);
 
-    unsigned workers;          /* worker threads running tasks */
-    unsigned max_queued_tasks; /* queued (not yet running) tasks; more get 429 */
-    int64_t task_retention_ms; /* finished tasks are forgotten after this */
-
-    size_t retained_bytes; /* event bytes of all tasks; the oldest finished go first */
-    unsigned kinds;        /* TS_KIND_* built-in kinds ts_server_new() registers */
-
-    unsigned event_log_events; /* per-task event log: events kept */
-    size_t event_log_bytes;    /* per-task event log: encoded bytes kept */
-
-    int64_t sse_heartbeat_interval_ms; /* comment line on an idle stream */
-    int64_t sse_retry_ms;              /* "retry:" hint sent first on each stream */
-
-    unsigned max_connections;        /* public listener connection cap */
-    unsigned max_connections_per_ip; /* 0: no per-IP cap */
-    size_t max_body_bytes;           /* request body cap */
-    size_t max_header_bytes;         /* per-connection memory for request line + headers */
-    int64_t idle_timeout_ms;         /* idle keep-alive / stalled connection */
-    int64_t header_timeout_ms;       /* request line + headers must arrive within this */
-    unsigned http_threads;           /* loop threads of the public listener */
-
-    char *commands_file; /* JSON allow-list of command tasks; NULL: none */
-    /* The environment that command tasks' "env.allow" lists copy from, once,
-     * when the server is created: NULL-terminated "NAME=value" strings,
-     * borrowed (ts_config_parse() sets it to the envp it was given); NULL for
-     * none. Not a setting: the library never reads the environment itself. */
-    char *const *env;
-
-    /* Cluster mode (docs/cluster.md); redis_url NULL: tasks live in this
-     * process only. */
-    char *redis_url;           /* redis://[:password@]host:port[/db], unix:///path[?db=N] */
-    char *redis_password;      /* NULL: none, or the URL's */
-    char *redis_password_file; /* where redis_password was read from; NULL: not a file */
-    char *redis_key_prefix;    /* of every key and channel */
-    char *replica_id;          /* NULL: hostname-pid */
-    int64_t redis_timeout_ms;  /* connect and command deadline */
-    int64_t task_lease_ms;     /* a task's owner renews within this */
-
-    /* Who may do what (docs/auth.md). Files are read by the server, again
-     * on SIGHUP. */
-    char *jwt_secret_file;          /* HS256 secret; NULL: none */
-    char *jwt_public_key_file;      /* PEM, RS256 or ES256; NULL: none */
-    char *jwt_issuer;               /* NULL: iss not checked */
-    char *jwt_audience;             /* NULL: aud not checked */
-    int64_t jwt_leeway_ms;          /* clock skew allowed on exp and nbf */
-    int64_t stream_token_ttl_ms;    /* lifetime of the stream tokens we mint */
-    char *stream_token_secret_file; /* their HS256 key; NULL: a random one */
-    char *auth_cookie;              /* cookie that may carry a credential; NULL: none */
-    char *cors_origins;             /* "origin,origin" or "*"; NULL: no CORS */
-
-    enum ts_log_format log_format;
-    enum ts_log_level log_level;
-};
+/*
+ * Set one setting: `name` is its environment variable, `value` its text
+ * ("" unsets a key, a path or a URL). A *_FILE setting reads its file now.
+ * Returns 0, or -EINVAL (unknown name, bad value, unreadable file) with a
+ * one-line message in `err` (may be NULL) naming the setting and what is
+ * allowed (a secret is never echoed), `cfg` unchanged; or -ENOMEM. Settings
+ * that depend on each other (the stop budget, KINDS with COMMANDS_FILE) are
+ * checked together by ts_server_new(). Not thread-safe on one config.
+ */
+TS_API int ts_config_set(struct ts_config *cfg, const char *name, const char *value, char *err,
+                         size_t errlen);
 
 /*
  * The stop budget: from the stop signal, the stop sequence takes at most
@@ -136,21 +91,6 @@ struct ts_config {
  */
 #define TS_STOP_MARGIN_MS 10000
 TS_API int64_t ts_config_stop_budget_ms(const struct ts_config *cfg);
-
-/* Fill `cfg` with the defaults. Returns 0 or -ENOMEM. */
-TS_API int ts_config_init(struct ts_config *cfg);
-
-/* Free what `cfg` owns. `cfg` may then be initialised again. */
-TS_API void ts_config_dispose(struct ts_config *cfg);
-
-/* A deep copy of `src` into `dst` (uninitialised; dispose it). 0 or -ENOMEM,
- * with nothing to dispose on error. */
-TS_API int ts_config_copy(struct ts_config *dst, const struct ts_config *src);
-
-/* Read every key file named in `cfg` (*_auth_key_file) again into its key.
- * All or nothing: on error `cfg` is unchanged and `err` says which file and
- * why (never the key). Returns 0, -EINVAL or -ENOMEM. */
-TS_API int ts_config_reread_key_files(struct ts_config *cfg, char *err, size_t errlen);
 
 enum {
     TS_CONFIG_OK = 0,
@@ -163,9 +103,11 @@ enum {
  * Apply the environment `envp` (NULL-terminated "NAME=value" strings, may be
  * NULL), then the command line (argv[0] is skipped; flags win over the
  * environment) to `cfg`, then read key files and check the settings together.
- * Returns one of TS_CONFIG_* (>= 0), or -EINVAL with a one-line message in
- * `err` naming the setting, the value and what is allowed (secrets are never
- * echoed).
+ * `envp` is also the environment that command tasks' "env.allow" lists copy
+ * from (once, in ts_server_new()): it must live until then. Returns one of
+ * TS_CONFIG_* (>= 0), or -EINVAL with a one-line message in `err` naming the
+ * setting, the value and what is allowed (secrets are never echoed); on
+ * error `cfg` is unchanged.
  */
 TS_API int ts_config_parse(struct ts_config *cfg, char *const envp[], int argc, char *const argv[],
                            char *err, size_t errlen);
@@ -182,8 +124,14 @@ TS_API void ts_config_markdown(FILE *out);
  * with one write(2) per line. Any thread. */
 struct ts_log;
 
+/* A logger writing to `fd`, which stays the caller's: the logger never closes
+ * it, and it must stay open until ts_log_free(). */
 TS_API int ts_log_new(struct ts_log **out, int fd, enum ts_log_format format,
                       enum ts_log_level level);
+
+/* ts_log_new() with the config's LOG_FORMAT and LOG_LEVEL. */
+TS_API int ts_log_new_from_config(struct ts_log **out, int fd, const struct ts_config *cfg);
+
 TS_API void ts_log_free(struct ts_log *log);
 
 /* ------------------------------------------------------------------------ */
@@ -212,6 +160,8 @@ enum ts_drain_reason {
 
 #define TS_SIGNAL_NAME_LEN 16
 
+/* New fields of the structs in this header are only ever added at their end,
+ * and each function that fills or reads one is given its size. */
 struct ts_drain_status {
     enum ts_drain_state state;
     enum ts_drain_reason reason;          /* why draining began; kept once set */
@@ -255,7 +205,12 @@ TS_API void ts_coordinator_wait_shutdown(struct ts_coordinator *c);
 TS_API void ts_coordinator_set_stopping(struct ts_coordinator *c);
 TS_API void ts_coordinator_set_stopped(struct ts_coordinator *c);
 
-TS_API void ts_coordinator_status(struct ts_coordinator *c, struct ts_drain_status *out);
+/* A snapshot of the status. Fills `size` bytes of `out` (the macro passes
+ * the caller's sizeof: a host built against an older, shorter struct gets
+ * the fields it knows). */
+TS_API void ts_coordinator_status_sized(struct ts_coordinator *c, struct ts_drain_status *out,
+                                        size_t size);
+#define ts_coordinator_status(c, out) ts_coordinator_status_sized((c), (out), sizeof(*(out)))
 
 /* Called after every state change, with a snapshot of the new status, on the
  * thread that made the change. It must not block, nor call subscribe or
@@ -300,12 +255,16 @@ struct ts_task_result {
  * -EINVAL with a message naming the parameter in `err` (answered 422), or
  * -ENOENT (answered 404, for a name that selects something unknown).
  * `run` executes on a worker thread; it should check ts_task_cancelled()
- * between steps. `resumable` (optional; cluster mode, docs/cluster.md) says
- * whether a task with these parameters may run again on another replica
- * when its replica dies or hands it off at the end of a drain: run() then
- * starts over with ts_task_checkpoint_get() returning the last checkpoint,
- * and its events go on in the same stream. The kind struct must outlive the
- * server.
+ * between steps.
+ *
+ * Threads: `validate` runs on the thread of the HTTP request that submits
+ * the task, `run` and `resumable` on a worker thread; several of each may
+ * run at once for different tasks (WORKERS, the listener's HTTP_THREADS),
+ * so what they share through `arg` needs its own locking. `resumable` (optional; cluster mode,
+ * docs/cluster.md) says whether a task with these parameters may run again on another replica when
+ * its replica dies or hands it off at the end of a drain: run() then starts over with
+ * ts_task_checkpoint_get() returning the last checkpoint, and its events go on in the same stream.
+ * The server copies the struct and the name at registration; `arg` must outlive the server.
  */
 struct ts_task_kind {
     const char *name;
@@ -372,14 +331,22 @@ struct ts_shutdown_report {
 /*
  * Create a server from `cfg` (copied), reacting to `coord` (borrowed, must
  * outlive the server) and logging to `log` (borrowed). Nothing listens yet.
- * The built-in kinds cfg->kinds names ("ticker"; "command" when
- * cfg->commands_file is set too) are registered here.
+ * The built-in kinds KINDS names ("ticker"; "command" when COMMANDS_FILE is
+ * set too) are registered here. Returns 0, -EINVAL when settings conflict
+ * (the reason is logged), -ENOMEM, or the error of a Redis URL, a key or
+ * commands file that cannot be used (logged too).
  */
 TS_API int ts_server_new(struct ts_server **out, const struct ts_config *cfg,
                          struct ts_coordinator *coord, struct ts_log *log);
 
-/* Register a task kind before ts_server_start(). -EEXIST for a taken name. */
-TS_API int ts_server_register_kind(struct ts_server *srv, const struct ts_task_kind *kind);
+/* Register a task kind before ts_server_start(): 0, -EEXIST for a taken
+ * name, -EINVAL for a bad name or no run(), -EBUSY once started, -ENOMEM.
+ * The macro passes the caller's sizeof (fields added to the struct later
+ * read as zero for a host built without them). */
+TS_API int ts_server_register_kind_sized(struct ts_server *srv, const struct ts_task_kind *kind,
+                                         size_t size);
+#define ts_server_register_kind(srv, kind)                                                         \
+    ts_server_register_kind_sized((srv), (kind), sizeof(*(kind)))
 
 /* Start the workers and both listeners. Logs one "listening" line per
  * listener with its bound address. */
@@ -415,7 +382,9 @@ TS_API int ts_server_admin_port(const struct ts_server *srv);
  * observes task_graceful_shutdown_duration_seconds and fills `report`.
  * Returns 0. Calling thread blocks; not from a server callback.
  */
-TS_API int ts_server_shutdown(struct ts_server *srv, struct ts_shutdown_report *report);
+TS_API int ts_server_shutdown_sized(struct ts_server *srv, struct ts_shutdown_report *report,
+                                    size_t size);
+#define ts_server_shutdown(srv, report) ts_server_shutdown_sized((srv), (report), sizeof(*(report)))
 
 /* Free the server. After ts_server_shutdown(), or before ts_server_start(). */
 TS_API void ts_server_free(struct ts_server *srv);

@@ -6,13 +6,16 @@ set -eu
 
 # xxd embeds the dashboard (web/) into the binary at build time; hiredis is
 # the Redis client of cluster mode; libjwt (with OpenSSL's libcrypto) checks
-# the signatures of JWTs.
-build="cmake ninja-build gcc clang pkg-config libjansson-dev uthash-dev libsystemd-dev xxd libhiredis-dev libjwt-dev libssl-dev"
+# the signatures of JWTs; libcurl is the HTTP client of the CLI (cli/).
+build="cmake ninja-build gcc clang pkg-config libjansson-dev uthash-dev libsystemd-dev xxd libhiredis-dev libjwt-dev libssl-dev libcurl4-openssl-dev"
 # chromium, nginx, node: the real clients and proxy of tests/e2e (the npm
 # packages they use are installed by the tests from their lockfile);
 # redis-server: the store of the cluster tests, started by the tests;
-# python3-jwt mints the tests' tokens independently of our code.
-test="$build libcmocka-dev python3 python3-pytest python3-yaml python3-h11 python3-jwt python3-cryptography curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx redis-server"
+# python3-jwt mints the tests' tokens independently of our code;
+# python3-jsonschema checks answers against docs/openapi.yaml; debhelper,
+# dpkg-dev, fakeroot and lintian build and check the Debian packages
+# (debian/), man-db checks the man pages.
+test="$build libcmocka-dev python3 python3-pytest python3-yaml python3-h11 python3-jwt python3-cryptography python3-jsonschema curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx redis-server debhelper dpkg-dev fakeroot lintian man-db"
 bench="$build python3 nginx libnginx-mod-nchan redis-server"
 
 case "${1:-build}" in

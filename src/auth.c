@@ -39,6 +39,7 @@
 #include <openssl/pem.h>
 
 #include "auth.h"
+#include "config.h"
 #include "taskstream.h"
 #include "util.h"
 

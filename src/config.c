@@ -1355,6 +1355,79 @@ check_kinds(const struct ts_config *cfg, char *err, size_t errlen)
 }
 
 int
+ts_config_check(const struct ts_config *cfg, char *err, size_t errlen)
+{
+    int rc = check_budget(cfg, err, errlen);
+
+    return rc != 0 ? rc : check_kinds(cfg, err, errlen);
+}
+
+int
+ts_config_new(struct ts_config **out)
+{
+    struct ts_config *cfg = malloc(sizeof(*cfg));
+
+    *out = NULL;
+    if (cfg == NULL)
+        return -ENOMEM;
+    if (ts_config_init(cfg) != 0) {
+        free(cfg);
+        return -ENOMEM;
+    }
+    *out = cfg;
+    return 0;
+}
+
+void
+ts_config_free(struct ts_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    ts_config_dispose(cfg);
+    free(cfg);
+}
+
+int
+ts_config_set(struct ts_config *cfg, const char *name, const char *value, char *err, size_t errlen)
+{
+    char shown[SHOWN_MAX];
+    const struct setting *s;
+    struct ts_config next;
+    int rc;
+
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (cfg == NULL || name == NULL || value == NULL)
+        return fail(err, errlen, NULL, "no config, name or value given");
+    s = find_env(name, strlen(name));
+    if (s == NULL) {
+        quote(name, strlen(name), shown);
+        return fail(err, errlen, NULL, "unknown setting %s (see docs/configuration.md)", shown);
+    }
+    if (ts_config_copy(&next, cfg) != 0)
+        return out_of_memory(err, errlen);
+    rc = convert(&next, s, value, err, errlen);
+    /* A key given by value replaces the file it came from: a reload must
+     * not read the file back over it. */
+    for (size_t i = 0; rc == 0 && s->type == T_SECRET && i < NSETTINGS; i++)
+        if (settings[i].type == T_SECRET_FILE && settings[i].secret == s->offset)
+            rc = set_string(&next, &settings[i], NULL, 0);
+    if (rc != 0) {
+        ts_config_dispose(&next);
+        return rc == -ENOMEM ? out_of_memory(err, errlen) : rc;
+    }
+    ts_config_dispose(cfg);
+    *cfg = next;
+    return 0;
+}
+
+int
+ts_log_new_from_config(struct ts_log **out, int fd, const struct ts_config *cfg)
+{
+    return ts_log_new(out, fd, cfg->log_format, cfg->log_level);
+}
+
+int
 ts_config_parse(struct ts_config *cfg, char *const envp[], int argc, char *const argv[], char *err,
                 size_t errlen)
 {
@@ -1382,9 +1455,7 @@ ts_config_parse(struct ts_config *cfg, char *const envp[], int argc, char *const
         if (rc != 0)
             goto out_dispose_next;
     }
-    rc = check_budget(&next, err, errlen);
-    if (rc == 0)
-        rc = check_kinds(&next, err, errlen);
+    rc = ts_config_check(&next, err, errlen);
     if (rc != 0)
         goto out_dispose_next;
     next.env = envp;

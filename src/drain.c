@@ -268,11 +268,14 @@ ts_coordinator_set_stopped(struct ts_coordinator *c)
 }
 
 void
-ts_coordinator_status(struct ts_coordinator *c, struct ts_drain_status *out)
+ts_coordinator_status_sized(struct ts_coordinator *c, struct ts_drain_status *out, size_t size)
 {
+    struct ts_drain_status st;
+
     pthread_mutex_lock(&c->mu);
-    *out = c->status;
+    st = c->status;
     pthread_mutex_unlock(&c->mu);
+    memcpy(out, &st, size < sizeof(st) ? size : sizeof(st));
 }
 
 const char *

@@ -45,6 +45,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "clock.h"
+#include "config.h"
 #include "log.h"
 #include "taskstream.h"
 

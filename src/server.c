@@ -157,8 +157,15 @@ ts_server_new_with_clock(struct ts_server **out, const struct ts_config *cfg,
     struct ts_server *srv;
     struct ts_task_service_config tcfg;
     struct ts_sse_config scfg;
+    char why[512];
     int err;
 
+    /* ts_config_parse() checked this already; ts_config_set() cannot. */
+    err = ts_config_check(cfg, why, sizeof(why));
+    if (err != 0) {
+        ts_log(log, TS_LOG_ERROR, "bad configuration", TS_F_STR("error", why), TS_F_END);
+        return err;
+    }
     srv = calloc(1, sizeof(*srv));
     if (srv == NULL)
         return -ENOMEM;
@@ -287,11 +294,18 @@ out_free:
 }
 
 int
-ts_server_register_kind(struct ts_server *srv, const struct ts_task_kind *kind)
+ts_server_register_kind_sized(struct ts_server *srv, const struct ts_task_kind *kind, size_t size)
 {
+    struct ts_task_kind k;
+
     if (srv->started)
         return -EBUSY;
-    return ts_task_service_register(srv->tasks, kind);
+    if (kind == NULL)
+        return -EINVAL;
+    /* A host built against an older, shorter struct: the rest is zero. */
+    memset(&k, 0, sizeof(k));
+    memcpy(&k, kind, size < sizeof(k) ? size : sizeof(k));
+    return ts_task_service_register(srv->tasks, &k);
 }
 
 static void
@@ -466,8 +480,8 @@ on_force(void *arg, const struct ts_drain_status *st)
         ts_task_service_interrupt(srv->tasks);
 }
 
-int
-ts_server_shutdown(struct ts_server *srv, struct ts_shutdown_report *report)
+static int
+server_shutdown(struct ts_server *srv, struct ts_shutdown_report *report)
 {
     struct ts_drain_status st;
     int64_t start, now, wait_from;
@@ -527,6 +541,16 @@ ts_server_shutdown(struct ts_server *srv, struct ts_shutdown_report *report)
     report->streams_closed = cut;
     ts_series_observe(srv->shutdown_duration, report->duration_s);
     return 0;
+}
+
+int
+ts_server_shutdown_sized(struct ts_server *srv, struct ts_shutdown_report *out, size_t size)
+{
+    struct ts_shutdown_report rep;
+    int rc = server_shutdown(srv, &rep);
+
+    memcpy(out, &rep, size < sizeof(rep) ? size : sizeof(rep));
+    return rc;
 }
 
 void

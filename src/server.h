@@ -11,6 +11,7 @@
 #include "auth.h"
 #include "clock.h"
 #include "cluster.h"
+#include "config.h"
 #include "drain.h"
 #include "http.h"
 #include "log.h"

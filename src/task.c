@@ -69,7 +69,8 @@ static const char *const status_names[] = {
 };
 
 struct kind_entry {
-    const struct ts_task_kind *kind;
+    const struct ts_task_kind *kind;                   /* &copy */
+    struct ts_task_kind copy;                          /* the registered kind, its name our own */
     struct ts_series *submitted;                       /* tasks_submitted_total{kind} */
     struct ts_series *finished[TS_TASK_CANCELLED + 1]; /* tasks_finished_total{kind,status} */
 };
@@ -1651,7 +1652,11 @@ add_kind_locked(struct ts_task_service *svc, const struct ts_task_kind *kind)
     e = calloc(1, sizeof(*e));
     if (e == NULL)
         return -ENOMEM;
-    e->kind = kind;
+    e->copy = *kind;
+    e->copy.name = strdup(kind->name);
+    if (e->copy.name == NULL)
+        goto out_free_entry;
+    e->kind = &e->copy;
     /* Every series exists from the start, so a scrape shows zeros rather
      * than nothing for a kind that has not run yet. */
     e->submitted = ts_family_series(svc->submitted, (const char *const[]){kind->name});
@@ -1671,6 +1676,7 @@ add_kind_locked(struct ts_task_service *svc, const struct ts_task_kind *kind)
     return 0;
 
 out_free_entry:
+    free((char *)e->copy.name);
     free(e);
     return -ENOMEM;
 }
@@ -1807,8 +1813,10 @@ ts_task_service_free(struct ts_task_service *svc)
         HASH_DEL(svc->by_id, t);
         ts_task_unref(t);
     }
-    for (size_t i = 0; i < svc->nkinds; i++)
+    for (size_t i = 0; i < svc->nkinds; i++) {
+        free((char *)svc->kinds[i]->copy.name);
         free(svc->kinds[i]);
+    }
     free(svc->kinds);
     pthread_cond_destroy(&svc->cleanup_cv);
     pthread_cond_destroy(&svc->idle_cv);

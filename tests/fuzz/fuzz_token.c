@@ -16,6 +16,7 @@
 #include <openssl/hmac.h>
 
 #include "auth.h"
+#include "config.h"
 #include "taskstream.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -548,6 +548,8 @@ teardown_tmpdir(void **state)
     unlink(cmd);
     snprintf(cmd, sizeof(cmd), "%s/unreadable", tmpdir);
     unlink(cmd);
+    snprintf(cmd, sizeof(cmd), "%s/handle.key", tmpdir);
+    unlink(cmd);
     return rmdir(tmpdir);
 }
 
@@ -1146,6 +1148,61 @@ test_cluster_settings(void **state)
         assert_int_equal(ts_redis_url_parse(bad_urls[i], NULL), -EINVAL);
 }
 
+/* The opaque handle of the public API: new, set one setting by its
+ * environment name, free. */
+static void
+test_handle_set(void **state)
+{
+    struct ts_config *cfg = NULL;
+    char path[512], err[512];
+
+    (void)state;
+    assert_int_equal(ts_config_new(&cfg), 0);
+    assert_non_null(cfg);
+    assert_int_equal(cfg->workers, 4);
+    assert_int_equal(ts_config_set(cfg, "WORKERS", "8", err, sizeof(err)), 0);
+    assert_int_equal(cfg->workers, 8);
+    assert_int_equal(ts_config_set(cfg, "GRACEFUL_SHUTDOWN_TIMEOUT", "2m", err, sizeof(err)), 0);
+    assert_int_equal(cfg->graceful_shutdown_timeout_ms, 120000);
+
+    /* A bad value: -EINVAL, the message names the setting, nothing changes. */
+    assert_int_equal(ts_config_set(cfg, "WORKERS", "many", err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "WORKERS"));
+    assert_int_equal(cfg->workers, 8);
+    assert_int_equal(ts_config_set(cfg, "NO_SUCH_SETTING", "1", err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "NO_SUCH_SETTING"));
+    assert_int_equal(ts_config_set(cfg, "--workers", "1", NULL, 0), -EINVAL);
+    assert_int_equal(ts_config_set(cfg, "WORKERS", NULL, err, sizeof(err)), -EINVAL);
+
+    /* A key file is read at once; a key given by value replaces the file,
+     * so a reload cannot bring the file's key back; a bad key is never
+     * echoed. */
+    snprintf(path, sizeof(path), "%s/handle.key", tmpdir);
+    write_file(path, SECRET "\n", sizeof(SECRET));
+    assert_int_equal(ts_config_set(cfg, "API_AUTH_KEY_FILE", path, err, sizeof(err)), 0);
+    assert_string_equal(cfg->api_auth_key, SECRET);
+    assert_string_equal(cfg->api_auth_key_file, path);
+    assert_int_equal(ts_config_set(cfg, "API_AUTH_KEY", "other-key", err, sizeof(err)), 0);
+    assert_string_equal(cfg->api_auth_key, "other-key");
+    assert_null(cfg->api_auth_key_file);
+    assert_int_equal(ts_config_set(cfg, "API_AUTH_KEY", SECRET " x", err, sizeof(err)), -EINVAL);
+    assert_null(strstr(err, SECRET));
+    assert_string_equal(cfg->api_auth_key, "other-key");
+    assert_int_equal(ts_config_set(cfg, "API_AUTH_KEY", "", err, sizeof(err)), 0);
+    assert_null(cfg->api_auth_key);
+
+    /* Settings that depend on each other are not checked one by one (the
+     * order of calls must not matter), but together by ts_config_check(),
+     * which ts_server_new() calls. */
+    assert_int_equal(ts_config_set(cfg, "TERMINATION_GRACE_PERIOD", "30s", err, sizeof(err)), 0);
+    assert_int_equal(ts_config_check(cfg, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "TERMINATION_GRACE_PERIOD"));
+    assert_int_equal(ts_config_set(cfg, "GRACEFUL_SHUTDOWN_TIMEOUT", "10s", err, sizeof(err)), 0);
+    assert_int_equal(ts_config_check(cfg, err, sizeof(err)), 0);
+    ts_config_free(cfg);
+    ts_config_free(NULL);
+}
+
 int
 main(void)
 {
@@ -1169,6 +1226,7 @@ main(void)
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_markdown),
         cmocka_unit_test(test_cluster_settings),
+        cmocka_unit_test(test_handle_set),
     };
 
     return cmocka_run_group_tests(tests, setup_tmpdir, teardown_tmpdir);

@@ -319,11 +319,40 @@ test_signal_storm(void **state)
     assert_int_equal(r.calls, 2); /* draining+requested, then forced */
 }
 
+/* A host built against an older, shorter struct ts_drain_status gets the
+ * fields it knows and nothing is written past them. */
+static void
+test_status_fills_only_the_callers_size(void **state)
+{
+    struct fixture *f = *state;
+    size_t known = offsetof(struct ts_drain_status, stopping_ns);
+    struct ts_drain_status full;
+    _Alignas(struct ts_drain_status) unsigned char buf[sizeof(struct ts_drain_status) + 16];
+
+    ts_coordinator_request_shutdown(f->c, "SIGTERM");
+    ts_coordinator_status(f->c, &full);
+    memset(buf, 0xa5, sizeof(buf));
+    ts_coordinator_status_sized(f->c, (struct ts_drain_status *)(void *)buf, known);
+    {
+        const struct ts_drain_status *old = (const void *)buf;
+
+        assert_int_equal(old->state, full.state);
+        assert_int_equal(old->reason, full.reason);
+        assert_string_equal(old->signal_name, "SIGTERM");
+        assert_true(old->shutdown_requested);
+        assert_int_equal(old->drain_started_ns, full.drain_started_ns);
+        assert_int_equal(old->shutdown_requested_ns, full.shutdown_requested_ns);
+    }
+    for (size_t i = known; i < sizeof(buf); i++)
+        assert_int_equal(buf[i], 0xa5);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_starts_serving, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_status_fills_only_the_callers_size, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signal_drains_with_reason_and_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manual_drain_is_idempotent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manual_then_signal_keeps_first_reason, setup,
