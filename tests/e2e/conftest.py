@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from tshelpers import SANITIZE, Response, http, scaled, scrape, stop_budget_s, wait_for
+from tshelpers import SANITIZE, Response, http, record, scaled, scrape, stop_budget_s, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -208,6 +208,8 @@ class Daemon:
                 self._cv.wait(min(left, 0.1))
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        # OpenAPI recorder (tshelpers.record): which listener each port is.
+        record({"listeners": {str(self.port): "public", str(self.admin_port): "admin"}})
 
     def running(self):
         return self.proc.poll() is None

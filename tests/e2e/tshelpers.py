@@ -66,6 +66,31 @@ def stop_budget_s(env):
     return max(tasks, seconds("SHUTDOWN_DELAY", "0s")) + STOP_MARGIN_S
 
 
+# --- OpenAPI recorder (run by hand, not in CI; see openapi_check.py) ---
+# With TS_OPENAPI_RECORD=<file>, http() and SSEStream append each answer
+# there as a JSON line for openapi_check.py to check against docs/openapi.yaml.
+RECORD_PATH = os.environ.get("TS_OPENAPI_RECORD")
+
+
+def record(line):
+    """Append one JSON line to TS_OPENAPI_RECORD (no-op when unset)."""
+    if RECORD_PATH:
+        with open(RECORD_PATH, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def _record_answer(method, url, status, headers, body):
+    if RECORD_PATH:
+        import base64
+
+        u = urllib.parse.urlsplit(url)
+        record({"method": method, "port": u.port,
+                "path": (u.path or "/") + ("?" + u.query if u.query else ""), "status": status,
+                "headers": list(headers.items()),
+                "body": None if body is None else base64.b64encode(body).decode(),
+                "test": os.environ.get("PYTEST_CURRENT_TEST", "")})
+
+
 def wait_for(predicate, timeout, interval=0.02, what="condition"):
     """Poll `predicate` until it returns something truthy; return that.
     Raises AssertionError after `timeout` seconds."""
@@ -131,6 +156,7 @@ def http(method, url, body=None, headers=None, timeout=None):
         conn.request(method, path, body=body, headers=hdrs)
         r = conn.getresponse()
         data = r.read()
+        _record_answer(method, url, r.status, r.headers, data)  # OpenAPI recorder
         return Response(r.status, r.headers, data)
     finally:
         conn.close()
@@ -322,6 +348,8 @@ class SSEStream:
             self.body = self.resp.read()
             self.eof = True
             self.clean_end = True
+        # OpenAPI recorder: the head (and the body of an answer that is not a stream).
+        _record_answer("GET", url, self.status, self.headers, getattr(self, "body", None))
 
     # -- reading --
 
