@@ -566,17 +566,25 @@ print_show(const json_t *t)
     }
 }
 
+/* `method` on /v1/tasks/ID, the answer in `r` (dispose it). */
 static int
-cmd_show(struct ctx *x)
+task_call(struct ctx *x, const char *method, struct tsc_response *r)
 {
-    struct tsc_response r;
     char path[128];
     int rc = need_task_id(x->args[0]);
 
     if (rc != 0)
         return rc;
     snprintf(path, sizeof(path), "/v1/tasks/%s", x->args[0]);
-    rc = tsc_call(x->c, TSC_PUBLIC, "GET", path, NULL, &r);
+    return tsc_call(x->c, TSC_PUBLIC, method, path, NULL, r);
+}
+
+static int
+cmd_show(struct ctx *x)
+{
+    struct tsc_response r;
+    int rc = task_call(x, "GET", &r);
+
     if (rc != 0)
         return rc;
     if (x->o->json)
@@ -591,13 +599,8 @@ static int
 cmd_cancel(struct ctx *x)
 {
     struct tsc_response r;
-    char path[128];
-    int rc = need_task_id(x->args[0]);
+    int rc = task_call(x, "DELETE", &r);
 
-    if (rc != 0)
-        return rc;
-    snprintf(path, sizeof(path), "/v1/tasks/%s", x->args[0]);
-    rc = tsc_call(x->c, TSC_PUBLIC, "DELETE", path, NULL, &r);
     if (rc != 0)
         return rc;
     if (x->o->json)

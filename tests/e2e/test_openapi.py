@@ -11,14 +11,11 @@ one), `retained` (RETAINED_BYTES held by running tasks), and a cluster of two
 replicas on a private redis-server for the cluster-only answers.
 """
 
-import fcntl
-import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
+import sys
 import time
 
 import jwt
@@ -28,10 +25,12 @@ from cluster import cluster, redis, redis_server  # noqa: F401
 from openapi_check import SPEC_PATH, Spec
 from tshelpers import SSEStream, http, raw_request, scaled, split_response, wait_for
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "browser"))
+from tsclients import ensure_node_modules  # noqa: E402  (the npm ci of browser/, for openapi/)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 LINT_DIR = os.path.join(HERE, "openapi")
-NPM_TIMEOUT_S = 600
 API_KEY = "k" * 40
 DRAIN_KEY = "d" * 40
 JWT_SECRET = b"s" * 48
@@ -111,35 +110,8 @@ COMMANDS = os.path.join(REPO, "examples", "commands.json")
 # --------------------------------------------------------------------------
 
 
-def ensure_lint_modules():
-    """npm ci in tests/e2e/openapi once per lockfile (the pattern of
-    browser/tsclients.py: a stamp of the lockfile's hash in node_modules,
-    sessions serialised on a lock file)."""
-    for tool in ("node", "npm"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed (scripts/deps.sh test installs it)")
-    with open(os.path.join(LINT_DIR, "package-lock.json"), "rb") as f:
-        want = hashlib.sha256(f.read()).hexdigest()
-    stamp = os.path.join(LINT_DIR, "node_modules", ".taskstream-lock-sha256")
-    with open(os.path.join(tempfile.gettempdir(), "taskstream-npm-ci.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            with open(stamp) as f:
-                if f.read().strip() == want:
-                    return
-        except OSError:
-            pass
-        proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-                              cwd=LINT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=NPM_TIMEOUT_S)
-        if proc.returncode != 0:
-            pytest.fail(f"npm ci in {LINT_DIR} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
-        with open(stamp, "w") as f:
-            f.write(want + "\n")
-
-
 def test_redocly_lint_is_clean():
-    ensure_lint_modules()
+    ensure_node_modules(LINT_DIR)
     proc = subprocess.run([os.path.join(LINT_DIR, "node_modules", ".bin", "redocly"), "lint",
                            "--config", os.path.join(LINT_DIR, "redocly.yaml"),
                            "--format", "stylish", SPEC_PATH],

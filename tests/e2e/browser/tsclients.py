@@ -37,20 +37,17 @@ NPM_TIMEOUT_S = 600
 # --------------------------------------------------------------------------
 
 
-def _lock_digest():
-    with open(os.path.join(HERE, "package-lock.json"), "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def ensure_node_modules():
-    """Install playwright-core and eventsource exactly as the lockfile says
-    (npm ci), once: a stamp in node_modules records the lockfile's hash.
-    Concurrent sessions (ctest -j) serialise on a lock file."""
+def ensure_node_modules(directory=HERE):
+    """Install the npm packages of `directory` (this one: playwright-core and
+    eventsource) exactly as its lockfile says (npm ci), once: a stamp in
+    node_modules records the lockfile's hash. Concurrent sessions (ctest -j)
+    serialise on a lock file."""
     for tool in ("node", "npm"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed (scripts/deps.sh test installs it)")
-    stamp = os.path.join(HERE, "node_modules", ".taskstream-lock-sha256")
-    want = _lock_digest()
+    stamp = os.path.join(directory, "node_modules", ".taskstream-lock-sha256")
+    with open(os.path.join(directory, "package-lock.json"), "rb") as f:
+        want = hashlib.sha256(f.read()).hexdigest()
     with open(os.path.join(tempfile.gettempdir(), "taskstream-npm-ci.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -60,10 +57,10 @@ def ensure_node_modules():
         except OSError:
             pass
         proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-                              cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=NPM_TIMEOUT_S)
         if proc.returncode != 0:
-            pytest.fail(f"npm ci in {HERE} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+            pytest.fail(f"npm ci in {directory} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
         with open(stamp, "w") as f:
             f.write(want + "\n")
 
