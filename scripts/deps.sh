@@ -15,7 +15,7 @@ build="cmake ninja-build gcc clang pkg-config libjansson-dev uthash-dev libsyste
 # python3-jsonschema checks answers against docs/openapi.yaml; debhelper,
 # dpkg-dev, fakeroot and lintian build and check the Debian packages
 # (debian/), man-db checks the man pages.
-test="$build libcmocka-dev python3 python3-pytest python3-yaml python3-h11 python3-jwt python3-cryptography python3-jsonschema curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx redis-server debhelper dpkg-dev fakeroot lintian man-db"
+test="$build libcmocka-dev python3 python3-pytest python3-yaml python3-h11 python3-jwt python3-cryptography python3-jsonschema curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx redis-server debhelper dpkg-dev fakeroot lintian man-db tini"
 bench="$build python3 nginx libnginx-mod-nchan redis-server"
 
 case "${1:-build}" in

@@ -26,7 +26,7 @@ def _compiler():
     return m.group(1) if m else "cc"
 
 
-def _run(cmd, **kw):
+def run_ok(cmd, **kw):
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
     assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}"
     return proc.stdout
@@ -36,7 +36,7 @@ def _run(cmd, **kw):
 def prefix(tmp_path_factory):
     root = tmp_path_factory.mktemp("install")
     p = str(root / "prefix")
-    _run(["cmake", "--install", BUILD, "--prefix", p])
+    run_ok(["cmake", "--install", BUILD, "--prefix", p])
     return p
 
 
@@ -62,20 +62,20 @@ def test_installed_files(prefix):
         assert os.path.exists(os.path.join(lib, rel)), rel
     assert os.readlink(os.path.join(lib, "libtaskstream.so.0")) == "libtaskstream.so.0.1.0"
     # Only the daemon needs libsystemd.
-    needed = _run(["objdump", "-p", os.path.join(lib, "libtaskstream.so.0")])
+    needed = run_ok(["objdump", "-p", os.path.join(lib, "libtaskstream.so.0")])
     assert "libsystemd" not in needed
     # The man pages render without a warning.
     for page in ("share/man/man8/taskstreamd.8", "share/man/man1/taskstream.1"):
-        out = _run(["groff", "-man", "-ww", "-z", os.path.join(prefix, page)])
+        out = run_ok(["groff", "-man", "-ww", "-z", os.path.join(prefix, page)])
         assert out == "", out
 
 
 def _build_with_pkg_config(prefix, out):
     lib = _libdir(prefix)
     env = dict(os.environ, PKG_CONFIG_PATH=os.path.join(lib, "pkgconfig"))
-    flags = _run(["pkg-config", "--cflags", "--libs", "taskstream"], env=env).split()
+    flags = run_ok(["pkg-config", "--cflags", "--libs", "taskstream"], env=env).split()
     assert any(f.startswith("-I") and "/include" in f for f in flags), flags
-    _run([_compiler(), "-std=c11", "-Wall", "-Wextra", "-Werror", *_sanitize_flags(),
+    run_ok([_compiler(), "-std=c11", "-Wall", "-Wextra", "-Werror", *_sanitize_flags(),
           os.path.join(REPO, "examples", "embed_countdown.c"), "-o", out, *flags,
           f"-Wl,-rpath,{lib}"], env=env)
 
@@ -94,15 +94,22 @@ def _build_with_cmake(prefix, workdir):
             f.write(f"target_compile_options(embed_countdown PRIVATE -fsanitize={SANITIZE})\n"
                     f"target_link_options(embed_countdown PRIVATE -fsanitize={SANITIZE})\n")
     build = os.path.join(workdir, "consumer-build")
-    _run(["cmake", "-S", src, "-B", build, "-G", "Ninja", f"-DCMAKE_C_COMPILER={_compiler()}",
+    run_ok(["cmake", "-S", src, "-B", build, "-G", "Ninja", f"-DCMAKE_C_COMPILER={_compiler()}",
           f"-DCMAKE_PREFIX_PATH={prefix}"])
-    _run(["cmake", "--build", build])
+    run_ok(["cmake", "--build", build])
     return os.path.join(build, "embed_countdown")
 
 
-def _run_example(path, prefix, workdir, name):
-    # The program uses the installed library, not the build tree's.
-    assert os.path.join(_libdir(prefix), "libtaskstream.so.0") in _run(["ldd", path])
+def run_example(path, lib, workdir, name):
+    """Run the built example (linked against `lib`, the installed
+    libtaskstream.so.0, or None when linked statically): it streams a
+    countdown and drains on SIGTERM."""
+    libs = run_ok(["ldd", path])
+    if lib is None:
+        assert "libtaskstream" not in libs, libs
+    else:
+        # The program uses the installed library, not the build tree's.
+        assert lib in libs, libs
     d = Daemon(path, base_env(), (), os.path.join(workdir, f"{name}.stderr"))
     try:
         d.wait_listening(scaled(10))
@@ -122,22 +129,26 @@ def _run_example(path, prefix, workdir, name):
 def test_example_with_pkg_config(prefix, workdir):
     out = os.path.join(workdir, "embed_countdown_pc")
     _build_with_pkg_config(prefix, out)
-    _run_example(out, prefix, workdir, "pkgconfig")
+    run_example(out, os.path.join(_libdir(prefix), "libtaskstream.so.0"), workdir, "pkgconfig")
 
 
 def test_example_with_find_package(prefix, workdir):
-    _run_example(_build_with_cmake(prefix, workdir), prefix, workdir, "cmake")
+    run_example(_build_with_cmake(prefix, workdir),
+                 os.path.join(_libdir(prefix), "libtaskstream.so.0"), workdir, "cmake")
 
 
-def test_cli_tests_against_installed_files(prefix):
-    """tests/e2e/test_cli.py with nothing of the build tree: the installed
-    client against the installed daemon."""
+def run_cli_tests(cli, daemon):
+    """tests/e2e/test_cli.py with nothing of the build tree: the client
+    `cli` against the daemon `daemon`."""
     env = {k: v for k, v in os.environ.items() if k not in ("TS_BUILD_DIR", "TS_OPENAPI_RECORD")}
-    env.update(TS_CLI=os.path.join(prefix, "bin", "taskstream"),
-               TASKSTREAMD=os.path.join(prefix, "sbin", "taskstreamd"))
+    env.update(TS_CLI=cli, TASKSTREAMD=daemon)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            os.path.join(REPO, "tests", "e2e", "test_cli.py")],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=scaled(300))
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert re.search(r"\b\d+ passed\b", proc.stdout), proc.stdout[-2000:]
+
+
+def test_cli_tests_against_installed_files(prefix):
+    run_cli_tests(os.path.join(prefix, "bin", "taskstream"), os.path.join(prefix, "sbin", "taskstreamd"))
