@@ -14,13 +14,18 @@
 """
 
 import glob
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "browser"))
+from tsclients import ensure_node_modules  # noqa: E402  (npm ci of dockerfile/, from its lockfile)
 
 from tshelpers import STOP_MARGIN_S, parse_duration, scaled, stop_budget_s
 
@@ -29,6 +34,7 @@ K8S = os.path.join(REPO, "deploy", "kubernetes")
 UNIT = os.path.join(REPO, "deploy", "systemd", "taskstreamd.service")
 PACKAGED_UNIT = os.path.join(REPO, "debian", "taskstreamd.service")
 DOCKERFILE = os.path.join(REPO, "Dockerfile")
+DOCKERFILE_LINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dockerfile")
 
 
 def load_manifests():
@@ -303,3 +309,14 @@ def test_manifest_runs_the_image_as_built(manifests):
     sc = pod["securityContext"]
     assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"]) == (uid, gid, True)
     assert uid != 0
+
+
+def test_dockerfile_lint_is_clean():
+    """dockerfile-utils (the Dockerfile language server's validator; hadolint
+    is not in Debian 12) finds no error or warning. No container engine runs
+    here: test_debian.py runs the image's entrypoint, user and environment
+    against the installed packages instead."""
+    ensure_node_modules(DOCKERFILE_LINT)
+    proc = subprocess.run([os.path.join(DOCKERFILE_LINT, "node_modules", ".bin", "dockerfile-utils"),
+                           "lint", "--json", DOCKERFILE], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and json.loads(proc.stdout or "[]") == [], proc.stdout + proc.stderr
