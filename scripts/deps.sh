@@ -14,8 +14,9 @@ build="cmake ninja-build gcc clang pkg-config libjansson-dev uthash-dev libsyste
 # python3-jwt mints the tests' tokens independently of our code;
 # python3-jsonschema checks answers against docs/openapi.yaml; debhelper,
 # dpkg-dev, fakeroot and lintian build and check the Debian packages
-# (debian/), man-db checks the man pages.
-test="$build libcmocka-dev python3 python3-pytest python3-yaml python3-h11 python3-jwt python3-cryptography python3-jsonschema curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx redis-server debhelper dpkg-dev fakeroot lintian man-db tini"
+# (debian/), man-db checks the man pages; buildah and debootstrap build
+# the image of the Dockerfile from Debian alone (tests/e2e/test_image.py).
+test="$build libcmocka-dev python3 python3-pytest python3-yaml python3-h11 python3-jwt python3-cryptography python3-jsonschema curl prometheus libclang-rt-14-dev chromium fonts-liberation nginx redis-server debhelper dpkg-dev fakeroot lintian man-db buildah debootstrap"
 bench="$build python3 nginx libnginx-mod-nchan redis-server"
 
 case "${1:-build}" in

@@ -15,9 +15,6 @@ used as an operator and an embedder would:
 - the example builds against libtaskstream-dev alone (shared and static)
   and runs; test_cli.py passes against /usr/bin/taskstream and
   /usr/sbin/taskstreamd;
-- the image's entrypoint, user and environment (read from the Dockerfile:
-  no container engine runs here) start the installed daemon under tini,
-  which passes SIGTERM on and returns the daemon's exit status;
 - `dpkg --purge` takes every file away again, /etc/taskstream included.
 
 Only in the plain leg (the packages are built with Debian's flags, not the
@@ -34,9 +31,9 @@ import subprocess
 import pytest
 
 from conftest import REPO, Daemon, base_env
-from test_deploy import DOCKERFILE, parse_unit, unit_env
+from test_deploy import parse_unit, unit_env
 from test_install import run_cli_tests, run_example, run_ok
-from tshelpers import SANITIZE, http, scaled
+from tshelpers import SANITIZE, scaled
 
 PACKAGES = ("taskstreamd", "libtaskstream0", "libtaskstream-dev")
 UNIT = "/lib/systemd/system/taskstreamd.service"
@@ -53,7 +50,7 @@ def _installed(package):
     return proc.returncode == 0 and proc.stdout == "installed"
 
 
-def _copy_tree(dest):
+def copy_tree(dest):
     """The tree as a clean clone would have it, with uncommitted changes:
     tracked and untracked files, minus what .gitignore ignores."""
     files = run_ok(["git", "-C", REPO, "ls-files", "-z", "--cached", "--others",
@@ -73,7 +70,7 @@ def built(tmp_path_factory):
         assert shutil.which(tool), f"{tool} is missing (scripts/deps.sh test installs it)"
     root = tmp_path_factory.mktemp("debian")
     src = root / "taskstream"
-    _copy_tree(str(src))
+    copy_tree(str(src))
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TS_", "ASAN_", "UBSAN_", "TSAN_", "CFLAGS", "LDFLAGS"))}
     env["DEB_BUILD_OPTIONS"] = "parallel=2"
@@ -244,49 +241,6 @@ def test_example_against_the_dev_package(installed, workdir):
 
 def test_cli_tests_against_the_packages(installed):
     run_cli_tests("/usr/bin/taskstream", "/usr/sbin/taskstreamd")
-
-
-def _image():
-    """(env, user, entrypoint) of the Dockerfile's last stage."""
-    with open(DOCKERFILE) as f:
-        text = re.sub(r"\\\n", " ", f.read())
-    stage = text.split("\nFROM ")[-1]
-    env = {}
-    for m in re.finditer(r"^ENV (.+)$", stage, re.M):
-        env.update(kv.split("=", 1) for kv in m.group(1).split())
-    user = re.search(r"^USER (\S+)$", stage, re.M).group(1)
-    entry = re.search(r'^ENTRYPOINT \[(.*)\]$', stage, re.M).group(1)
-    return env, user, [s.strip().strip('"') for s in entry.split(",")]
-
-
-def test_image_entrypoint_runs_the_installed_daemon(installed, workdir):
-    if shutil.which("tini") is None:
-        pytest.fail("tini is missing (scripts/deps.sh test installs it)")
-    env, user, entry = _image()
-    uid, gid = user.split(":")
-    # The pod's listeners are 0.0.0.0; a test listens on loopback only.
-    assert env["LISTEN"].startswith("0.0.0.0:") and env["ADMIN_LISTEN"].startswith("0.0.0.0:")
-    env.update(LISTEN="127.0.0.1:0", ADMIN_LISTEN="127.0.0.1:0")
-    as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-               "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
-    # In the pod tini is PID 1 and so reaps orphans; here it is not, and
-    # TINI_SUBREAPER makes it the reaper of its subtree instead.
-    env["TINI_SUBREAPER"] = "1"
-    d = Daemon(entry[-1], base_env(env), (), os.path.join(workdir, "image.stderr"),
-               prefix=[*as_user, *entry[:-1]])
-    try:
-        d.wait_listening(scaled(10))
-        _submit_and_follow(d.url)
-        r = http("GET", d.admin_url + "/readyz")
-        assert r.status == 200, r
-        # SIGTERM reaches tini (PID 1 in the container); tini passes it on
-        # and exits with the daemon's status once the drain is done.
-        d.signal(signal.SIGTERM)
-        assert d.wait_exit(scaled(15)) == 0
-        assert d.logs("shutdown complete", reason="signal"), d.raw_stderr()[-2000:]
-    finally:
-        problems = d.finish()
-    assert not problems, problems
 
 
 def test_purge_takes_every_file_away(installed):
