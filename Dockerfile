@@ -2,7 +2,7 @@
 # first stage, installed in Debian 12 slim; tini as PID 1 reaps the
 # children of command tasks and passes SIGTERM on, so the drain works as
 # under systemd. deploy/kubernetes/ runs this image.
-#   docker build -t taskstream:0.1.0 .
+#   docker build -t taskstream:0.1.0 .     (or buildah bud; tests/e2e/test_image.py)
 FROM debian:12 AS build
 WORKDIR /src/taskstream
 COPY debian/control debian/control
