@@ -22,6 +22,7 @@ sanitizers'), as root, and only where taskstreamd is not installed already:
 the test installs and purges the packages.
 """
 
+import functools
 import os
 import re
 import shutil
@@ -42,6 +43,17 @@ pytestmark = [
     pytest.mark.skipif(bool(SANITIZE), reason="the packages are built once, in the plain leg"),
     pytest.mark.skipif(os.geteuid() != 0, reason="dpkg -i needs root"),
 ]
+
+
+@functools.lru_cache(maxsize=None)
+def arch(variable="DEB_HOST_ARCH"):
+    """amd64, or with DEB_HOST_MULTIARCH x86_64-linux-gnu (the library
+    directory), on this machine."""
+    return run_ok(["dpkg-architecture", f"-q{variable}"]).strip()
+
+
+def libdir():
+    return "/usr/lib/" + arch("DEB_HOST_MULTIARCH")
 
 
 def _installed(package):
@@ -75,9 +87,9 @@ def built(tmp_path_factory):
            if not k.startswith(("TS_", "ASAN_", "UBSAN_", "TSAN_", "CFLAGS", "LDFLAGS"))}
     env["DEB_BUILD_OPTIONS"] = "parallel=2"
     run_ok(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=str(src), env=env, timeout=scaled(600))
-    found = {"changes": os.path.join(root, "taskstream_0.1.0_amd64.changes")}
+    found = {"changes": os.path.join(root, f"taskstream_0.1.0_{arch()}.changes")}
     for p in PACKAGES:
-        found[p] = os.path.join(root, f"{p}_0.1.0_amd64.deb")
+        found[p] = os.path.join(root, f"{p}_0.1.0_{arch()}.deb")
     for path in found.values():
         assert os.path.exists(path), (path, sorted(os.listdir(root)))
     return found
@@ -123,14 +135,12 @@ def test_packages_hold_what_debian_says(built):
                  "/usr/share/doc/taskstreamd/streams.md.gz"):
         assert path in daemon, path
     lib = _contents(built["libtaskstream0"])
-    assert {"/usr/lib/x86_64-linux-gnu/libtaskstream.so.0.1.0",
-            "/usr/lib/x86_64-linux-gnu/libtaskstream.so.0"} <= lib
+    assert {f"{libdir()}/libtaskstream.so.0.1.0", f"{libdir()}/libtaskstream.so.0"} <= lib
     assert not any(p.endswith((".h", ".a", ".pc")) or p.endswith("libtaskstream.so") for p in lib)
     dev = _contents(built["libtaskstream-dev"])
-    for path in ("/usr/include/taskstream.h", "/usr/lib/x86_64-linux-gnu/libtaskstream.so",
-                 "/usr/lib/x86_64-linux-gnu/libtaskstream.a",
-                 "/usr/lib/x86_64-linux-gnu/pkgconfig/taskstream.pc",
-                 "/usr/lib/x86_64-linux-gnu/cmake/taskstream/taskstreamConfig.cmake",
+    for path in ("/usr/include/taskstream.h", f"{libdir()}/libtaskstream.so",
+                 f"{libdir()}/libtaskstream.a", f"{libdir()}/pkgconfig/taskstream.pc",
+                 f"{libdir()}/cmake/taskstream/taskstreamConfig.cmake",
                  "/usr/share/doc/libtaskstream-dev/examples/embed_countdown.c"):
         assert path in dev, path
 
@@ -224,9 +234,9 @@ def test_example_against_the_dev_package(installed, workdir):
                    for f in flags), flags
     shared = os.path.join(workdir, "embed_countdown_deb")
     run_ok(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", example, "-o", shared, *flags])
-    # /lib/x86_64-linux-gnu or /usr/lib/x86_64-linux-gnu (merged /usr):
-    # the system's library either way, not a build tree's.
-    run_example(shared, "x86_64-linux-gnu/libtaskstream.so.0", workdir, "deb-shared")
+    # /lib/<multiarch> or /usr/lib/<multiarch> (merged /usr): the system's
+    # library either way, not a build tree's.
+    run_example(shared, arch("DEB_HOST_MULTIARCH") + "/libtaskstream.so.0", workdir, "deb-shared")
     # The static archive, with the shared libraries of what it uses
     # (`pkg-config --static` would also want libjwt's own private -lb64,
     # which Debian 12's libjwt-dev does not bring).

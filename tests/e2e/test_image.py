@@ -32,7 +32,7 @@ import subprocess
 import pytest
 
 from conftest import Daemon
-from test_debian import copy_tree
+from test_debian import copy_tree, libdir
 from test_install import run_ok
 from tshelpers import SANITIZE, SSEStream, http, scaled
 
@@ -124,7 +124,7 @@ def test_image_config(image):
 def test_image_contents(image):
     root = image["root"]
     for path in ("usr/sbin/taskstreamd", "usr/bin/taskstream", "usr/bin/tini",
-                 "etc/taskstream/commands.json", "usr/lib/x86_64-linux-gnu/libtaskstream.so.0"):
+                 "etc/taskstream/commands.json", libdir()[1:] + "/libtaskstream.so.0"):
         assert os.path.exists(os.path.join(root, path)), path
     with open(os.path.join(root, "etc", "passwd")) as f:
         assert re.search(r"^taskstream:x:65532:65532:", f.read(), re.M)
