@@ -13,9 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "browser"))
 
-from tsclients import FailoverProxy, es_client_result, node_modules, run_es_client  # noqa: E402,F401
-from tshelpers import (SSEStream, Background, check_complete_stream, scaled, scrape,  # noqa: E402
-                       wait_for)
+from tsclients import ESClient, FailoverProxy, node_modules  # noqa: E402,F401
+from tshelpers import SSEStream, Background, check_complete_stream, scaled, scrape  # noqa: E402
 
 
 def test_node_eventsource_receives_every_event_and_end(daemon, node_modules):
@@ -26,12 +25,14 @@ def test_node_eventsource_receives_every_event_and_end(daemon, node_modules):
         task = d.submit(count=count, interval_ms=60)
         url = f"/v1/tasks/{task['id']}/events"
         ours = Background(lambda: SSEStream(d.url + url, timeout=scaled(30)).read_all())
-        node = run_es_client(proxy.url + url, scaled(30))
+        node = ESClient(proxy.url + url, scaled(30))
 
-        # Cut the Node client's connection once it is well into the task.
-        wait_for(lambda: d.task(task["id"])["events"] >= 10, scaled(10), what="ten ticks")
+        # Cut the Node client's connection once it has received ten events
+        # (what the daemon has produced may not have reached it yet); the
+        # task then has 20 ticks, 1.2 s, to go.
+        node.wait_events(10, scaled(10))
         assert proxy.cut_all() == 1
-        lines = es_client_result(node, scaled(40))
+        lines = node.result(scaled(40))
     finally:
         proxy.close()
 

@@ -214,23 +214,53 @@ class Browser:
 # --------------------------------------------------------------------------
 
 
-def run_es_client(url, max_seconds, names=()):
-    """Start es_client.mjs; returns the Popen (text stdout, JSON lines)."""
-    return subprocess.Popen(["node", os.path.join(HERE, "es_client.mjs"), url, str(max_seconds),
-                             *names], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+class ESClient:
+    """es_client.mjs (Node's eventsource package) on `url`, its JSON lines
+    read as they come, so a test can act on what the client has received
+    (not on what the daemon has produced, which may not have reached it)."""
 
+    def __init__(self, url, max_seconds, names=()):
+        self.proc = subprocess.Popen(["node", os.path.join(HERE, "es_client.mjs"), url,
+                                      str(max_seconds), *names], cwd=HERE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self._cv = threading.Condition()
+        self._lines = []
+        self._err = []
+        self._out_thread = threading.Thread(target=self._read_out, daemon=True)
+        self._err_thread = threading.Thread(target=lambda: self._err.append(self.proc.stderr.read()),
+                                            daemon=True)
+        self._out_thread.start()
+        self._err_thread.start()
 
-def es_client_result(proc, timeout):
-    """Wait for es_client.mjs; return its parsed lines."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        out, err = proc.communicate()
-        raise AssertionError(f"es_client.mjs did not finish in {timeout}s: {err[-2000:]}") from None
-    assert proc.returncode == 0, f"es_client.mjs exited {proc.returncode}: {err[-2000:]}"
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+    def _read_out(self):
+        for line in self.proc.stdout:
+            if line.strip():
+                with self._cv:
+                    self._lines.append(json.loads(line))
+                    self._cv.notify_all()
+
+    def wait_events(self, n, timeout):
+        """Block until the client has received `n` events."""
+        with self._cv:
+            ok = self._cv.wait_for(
+                lambda: sum(ln["kind"] == "event" for ln in self._lines) >= n, timeout)
+        assert ok, f"the client received fewer than {n} events in {timeout}s: {self._lines[-5:]}"
+
+    def result(self, timeout):
+        """Wait for the client to finish; return its parsed lines."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(self.proc)
+            raise AssertionError(f"es_client.mjs did not finish in {timeout}s") from None
+        finally:
+            self._out_thread.join(10)
+            self._err_thread.join(10)
+        err = "".join(self._err)
+        assert self.proc.returncode == 0, f"es_client.mjs exited {self.proc.returncode}: {err[-2000:]}"
+        with self._cv:
+            return list(self._lines)
 
 
 # --------------------------------------------------------------------------
