@@ -70,10 +70,14 @@ def wait_page(b, expr, arg=None, timeout_s=15):
     return b.wait_for(expr, arg, timeout_s=timeout_s)
 
 
-def wait_stream_state(b, state, timeout_s):
+def wait_stream_state(b, state, timeout_s, task=None):
+    """Wait for the stream state; with `task`, of that task's stream (the
+    page follows one task at a time: a new one replaces the old stream,
+    whose state, e.g. "closed", would otherwise pass at once)."""
     try:
-        return wait_page(b, "(s) => document.getElementById('stream-state').dataset.state === s",
-                         state, timeout_s)
+        return wait_page(b, "([s, id]) => document.getElementById('stream-state').dataset.state === s"
+                            " && (id === null || document.getElementById('follow-task').textContent === id)",
+                         [state, task], timeout_s)
     except AssertionError as e:
         raise AssertionError(f"{e}\npage: {page_status(b)}") from None
 
@@ -88,15 +92,23 @@ def console_problems(b, allow=()):
     return bad
 
 
+def wait_submitted(b, kind):
+    """After a click on a start button: the id of the task the page started
+    and now follows. The page says "started" and follows the new task in one
+    turn, so both are checked together, never the previous task's."""
+    task_id = wait_page(b, "(kind) => { const out = document.getElementById('submit-result');"
+                           " return new RegExp(`^started ${kind} task [0-9a-f]{32}$`).test(out.textContent)"
+                           " && document.getElementById('follow-task').textContent === out.dataset.taskId"
+                           " && out.dataset.taskId; }", kind)
+    assert re.fullmatch(r"[0-9a-f]{32}", task_id), task_id
+    return task_id
+
+
 def start_ticker_from_page(b, count, interval_ms):
     b.call("fill", selector="#ticker-count", value=count)
     b.call("fill", selector="#ticker-interval", value=interval_ms)
     b.call("click", selector="#ticker-submit")
-    wait_page(b, "() => /^started ticker task [0-9a-f]{32}$/.test("
-                 "document.getElementById('submit-result').textContent)")
-    task_id = page_status(b)["task"]
-    assert re.fullmatch(r"[0-9a-f]{32}", task_id), task_id
-    return task_id
+    return wait_submitted(b, "ticker")
 
 
 def check_ticks_exactly_once(events, count):
@@ -291,7 +303,7 @@ def test_drain_takeover_and_cut_resume_exactly_once(daemon, browser):
         task2 = start_ticker_from_page(browser, 3, 50)
         assert b.task(task2)["kind"] == "ticker"
         assert http("GET", f"{a.url}/v1/tasks/{task2}").status == 404
-        wait_stream_state(browser, "closed", scaled(15))
+        wait_stream_state(browser, "closed", scaled(15), task=task2)
         check_ticks_exactly_once(browser.eval(EVENTS_JS), 3)
         time.sleep(1.0)
         assert len(proxy.requests(f"/v1/tasks/{task_id}/events")) == len(streams), \

@@ -35,7 +35,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "browser"))
 
 from test_browser import (EVENTS_JS, FAST, check_ticks_exactly_once, console_problems,  # noqa: E402
-                          page_status, wait_page, wait_stream_state)
+                          page_status, wait_page, wait_stream_state, wait_submitted)
 from tsclients import Browser, FailoverProxy, artifact_path, node_modules  # noqa: E402,F401
 from tshelpers import http, scaled, scrape, wait_for  # noqa: E402
 
@@ -546,18 +546,19 @@ def test_command_form_fields_and_state_filter(daemon, browser, tmp_file):
     assert json.loads(browser.eval("() => document.getElementById('command-params').value")) == {"who": "ada"}
     browser.screenshot(artifact_path("dashboard-command-form.png"))
     browser.call("click", selector="#command-submit")
-    wait_stream_state(browser, "closed", scaled(20))
+    say = wait_submitted(browser, "command")
+    wait_stream_state(browser, "closed", scaled(20), task=say)
     events = browser.eval(EVENTS_JS)
     assert [(e["type"], e["text"]) for e in events[:1]] == [("output", "stdout: hello ada")], events
-    say = page_status(browser)["task"]
 
     # The JSON drives the fields too.
     browser.call("fill", selector="#command-name", value="fail")
     browser.call("fill", selector="#command-params", value='{"code": "3"}')
     assert browser.eval("() => document.querySelector(\"#command-fields input[data-param='code']\").value") == "3"
     browser.call("click", selector="#command-submit")
-    wait_stream_state(browser, "closed", scaled(20))
-    failed = page_status(browser)["task"]
+    failed = wait_submitted(browser, "command")
+    assert failed != say
+    wait_stream_state(browser, "closed", scaled(20), task=failed)
     assert page_status(browser)["result"] == "failed"
     r = wait_row(browser, failed, "r.state === 'failed'")
     assert r["what"] == "command fail code=3" and r["exit"] == "3" and r["reason"] == "nonzero exit", r
